@@ -1,0 +1,246 @@
+// Package proxier runs one IP family's service proxy: event handlers feed the change
+// tracker and ask the runner for a sync; each sync checkpoints the tracker, renders the
+// snapshot and applies it with one iptables-restore. The sync never reads informers and
+// the handlers never render.
+package proxier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/kproxy-dev/kproxy/pkg/healthcheck"
+	"github.com/kproxy-dev/kproxy/pkg/iptables"
+	"github.com/kproxy-dev/kproxy/pkg/metrics"
+	"github.com/kproxy-dev/kproxy/pkg/rules"
+	"github.com/kproxy-dev/kproxy/pkg/runner"
+	"github.com/kproxy-dev/kproxy/pkg/tracker"
+)
+
+// FullSyncPeriod bounds how long partial syncs may run without a full one; a full sync
+// rewrites every chain and re-ensures the jumps from the built-in chains, repairing any
+// drift another program caused.
+const FullSyncPeriod = time.Hour
+
+// Config is what a proxier needs; every field is required unless noted.
+type Config struct {
+	Family   v1.IPFamily
+	IPTables iptables.Interface
+	Rules    rules.Options
+	// MinSyncPeriod spaces syncs apart; SyncPeriod is the retry interval after a failure.
+	MinSyncPeriod, SyncPeriod time.Duration
+	// Health is told when syncs are queued and done; nil disables health reporting.
+	Health *healthcheck.ProxyHealth
+	Clock  clock.WithTicker
+}
+
+// Proxier programs one IP family. Its exported On* methods are the informer handlers.
+type Proxier struct {
+	cfg     Config
+	tracker *tracker.Tracker
+	runner  *runner.Runner
+	family  string
+
+	servicesSynced, slicesSynced atomic.Bool
+
+	// Sync state, touched only by the runner's goroutine.
+	needFullSync bool
+	lastFullSync time.Time
+	// ownedChains are the per-service nat chains the last successful sync left behind;
+	// the next sync deletes those it no longer renders.
+	ownedChains []string
+}
+
+// New builds a proxier; call Run to start syncing.
+func New(ctx context.Context, cfg Config) *Proxier {
+	logger := klog.FromContext(ctx).WithValues("ipFamily", cfg.Family)
+	family := string(cfg.Family)
+	p := &Proxier{cfg: cfg, family: family, needFullSync: true}
+	p.tracker = tracker.New(cfg.Family, cfg.Clock.Now(), func(kind string, obj types.NamespacedName, reason, detail string) {
+		logger.Info("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
+		metrics.InvalidObjectsTotal.WithLabelValues(kind, reason).Inc()
+	})
+	p.runner = runner.New("sync-"+family, p.Sync, cfg.MinSyncPeriod, cfg.SyncPeriod, FullSyncPeriod, cfg.Clock)
+	return p
+}
+
+// Run drives syncs until ctx is done.
+func (p *Proxier) Run(ctx context.Context) {
+	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("ipFamily", p.cfg.Family))
+	if p.cfg.Health != nil {
+		// Health counts from here: a proxy that never manages a first sync turns unhealthy.
+		p.cfg.Health.Updated(p.cfg.Family)
+		p.cfg.Health.QueuedUpdate(p.cfg.Family)
+	}
+	p.requestSync()
+	p.runner.Loop(ctx)
+}
+
+func (p *Proxier) requestSync() {
+	if p.cfg.Health != nil {
+		p.cfg.Health.QueuedUpdate(p.cfg.Family)
+	}
+	metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(p.family).Set(float64(p.cfg.Clock.Now().Unix()))
+	p.runner.Run()
+}
+
+// OnServiceAdd implements sources.ServiceHandler.
+func (p *Proxier) OnServiceAdd(svc *v1.Service) { p.serviceChanged(svc, false) }
+
+// OnServiceUpdate implements sources.ServiceHandler.
+func (p *Proxier) OnServiceUpdate(_, svc *v1.Service) { p.serviceChanged(svc, false) }
+
+// OnServiceDelete implements sources.ServiceHandler.
+func (p *Proxier) OnServiceDelete(svc *v1.Service) { p.serviceChanged(svc, true) }
+
+// OnServicesSynced implements sources.ServiceHandler.
+func (p *Proxier) OnServicesSynced() {
+	p.servicesSynced.Store(true)
+	p.requestSync()
+}
+
+func (p *Proxier) serviceChanged(svc *v1.Service, deleted bool) {
+	metrics.ServiceChangesTotal.Inc()
+	if p.tracker.ServiceChanged(svc, deleted) {
+		p.updatePendingGauges()
+		p.requestSync()
+	}
+}
+
+// OnEndpointSliceAdd implements sources.EndpointSliceHandler.
+func (p *Proxier) OnEndpointSliceAdd(s *discovery.EndpointSlice) { p.sliceChanged(s, false) }
+
+// OnEndpointSliceUpdate implements sources.EndpointSliceHandler.
+func (p *Proxier) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) { p.sliceChanged(s, false) }
+
+// OnEndpointSliceDelete implements sources.EndpointSliceHandler.
+func (p *Proxier) OnEndpointSliceDelete(s *discovery.EndpointSlice) { p.sliceChanged(s, true) }
+
+// OnEndpointSlicesSynced implements sources.EndpointSliceHandler.
+func (p *Proxier) OnEndpointSlicesSynced() {
+	p.slicesSynced.Store(true)
+	p.requestSync()
+}
+
+func (p *Proxier) sliceChanged(s *discovery.EndpointSlice, deleted bool) {
+	if p.tracker.EndpointSliceChanged(s, deleted) {
+		metrics.EndpointChangesTotal.Inc()
+		p.updatePendingGauges()
+		p.requestSync()
+	}
+}
+
+func (p *Proxier) updatePendingGauges() {
+	svcs, eps := p.tracker.Pending()
+	metrics.ServiceChangesPending.Set(float64(svcs))
+	metrics.EndpointChangesPending.Set(float64(eps))
+}
+
+// Sync programs the current state. Until both Services and EndpointSlices have been
+// listed once it does nothing: a sync from half the picture would delete the rules of
+// every service whose endpoints are not known yet.
+func (p *Proxier) Sync(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	if !p.servicesSynced.Load() || !p.slicesSynced.Load() {
+		logger.V(2).Info("Not syncing until Services and EndpointSlices have been listed")
+		return nil
+	}
+	start := p.cfg.Clock.Now()
+	full := p.needFullSync || start.Sub(p.lastFullSync) > FullSyncPeriod
+	defer func() {
+		elapsed := p.cfg.Clock.Since(start).Seconds()
+		metrics.SyncProxyRulesLatency.WithLabelValues(p.family).Observe(elapsed)
+		if full {
+			metrics.SyncFullProxyRulesLatency.WithLabelValues(p.family).Observe(elapsed)
+		} else {
+			metrics.SyncPartialProxyRulesLatency.WithLabelValues(p.family).Observe(elapsed)
+		}
+	}()
+
+	snap, changes := p.tracker.Checkpoint()
+	p.updatePendingGauges()
+	// From here on the checkpointed changes are consumed: if anything fails, only a full
+	// sync can be sure to write them.
+	p.needFullSync = true
+
+	existing := p.ownedChains
+	if full {
+		if err := p.ensureJumps(ctx); err != nil {
+			return err
+		}
+		// A full sync also looks at what is really there, to catch chains left by an
+		// earlier kproxy or kube-proxy (e.g. after a restart).
+		saved, err := p.cfg.IPTables.SaveChains(ctx, "nat")
+		if err != nil {
+			logger.Error(err, "Listing nat chains failed; stale chains are kept until the next full sync")
+		} else {
+			existing = saved
+		}
+	}
+
+	rs := rules.Render(rules.Request{
+		Snapshot:          snap,
+		Partial:           !full,
+		Changed:           changes.Services,
+		ExistingNATChains: existing,
+	}, p.cfg.Rules)
+
+	logger.V(9).Info("Restoring", "payload", string(rs.Payload))
+	if err := p.cfg.IPTables.Restore(ctx, rs.Payload); err != nil {
+		metrics.IPTablesRestoreFailuresTotal.WithLabelValues(p.family).Inc()
+		if !full {
+			metrics.IPTablesPartialRestoreFailuresTotal.WithLabelValues(p.family).Inc()
+		}
+		var perr *iptables.ParseError
+		if errors.As(err, &perr) {
+			logger.Error(err, "iptables-restore failed; the old rules stay in place", "line", perr.Line,
+				"context", iptables.LinesAround(rs.Payload, perr.Line, 3))
+		} else {
+			logger.Error(err, "iptables-restore failed; the old rules stay in place")
+		}
+		return fmt.Errorf("restoring %s rules: %w", p.family, err)
+	}
+
+	now := p.cfg.Clock.Now()
+	p.needFullSync = false
+	if full {
+		p.lastFullSync = now
+	}
+	p.ownedChains = rs.ActiveNATChains
+
+	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
+	metrics.IPTablesRulesTotal.WithLabelValues("nat", p.family).Set(float64(rs.NATRules))
+	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(p.family).Set(float64(now.Unix()))
+	for _, t := range changes.TriggerTimes {
+		metrics.NetworkProgrammingLatency.WithLabelValues(p.family).Observe(now.Sub(t).Seconds())
+	}
+	if p.cfg.Health != nil {
+		p.cfg.Health.Updated(p.cfg.Family)
+	}
+	logger.V(2).Info("Synced rules", "full", full, "changedServices", len(changes.Services),
+		"services", len(snap.Services), "natRules", rs.NATRules, "filterRules", rs.FilterRules,
+		"deletedChains", rs.DeletedNATChains, "bytes", len(rs.Payload), "elapsed", p.cfg.Clock.Since(start))
+	return nil
+}
+
+// ensureJumps makes sure the built-in chains jump into ours. Existing rules are left where
+// they are; missing ones are inserted first in their chain.
+func (p *Proxier) ensureJumps(ctx context.Context) error {
+	for _, j := range rules.BuiltinJumps() {
+		if err := p.cfg.IPTables.EnsureChain(ctx, j.Table, j.To); err != nil {
+			return fmt.Errorf("ensuring chain %s/%s: %w", j.Table, j.To, err)
+		}
+		if err := p.cfg.IPTables.EnsureRule(ctx, j.Table, j.From, j.RuleArgs()...); err != nil {
+			return fmt.Errorf("ensuring jump %s/%s -> %s: %w", j.Table, j.From, j.To, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package rules
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"strings"
+
+	"github.com/kproxy-dev/kproxy/pkg/model"
+)
+
+// Chains whose names and roles are fixed. They are shared with upstream kube-proxy, so a
+// node switching between the two keeps the same chains and loses no connection.
+const (
+	ChainServices         = "KUBE-SERVICES"
+	ChainExternalServices = "KUBE-EXTERNAL-SERVICES"
+	ChainNodePorts        = "KUBE-NODEPORTS"
+	ChainPostrouting      = "KUBE-POSTROUTING"
+	ChainMarkMasq         = "KUBE-MARK-MASQ"
+	ChainForward          = "KUBE-FORWARD"
+	ChainProxyFirewall    = "KUBE-PROXY-FIREWALL"
+	// ChainFirewall is shared with kubelet: written by us, never deleted by us.
+	ChainFirewall = "KUBE-FIREWALL"
+)
+
+// Prefixes of the per-service and per-endpoint nat chains. Any nat chain with one of these
+// prefixes is ours (or upstream's, which is the same thing for a drop-in), and is deleted
+// once no service renders it.
+const (
+	prefixService         = "KUBE-SVC-"
+	prefixServiceLocal    = "KUBE-SVL-"
+	prefixExternal        = "KUBE-EXT-"
+	prefixFirewall        = "KUBE-FW-"
+	prefixServiceEndpoint = "KUBE-SEP-"
+)
+
+// IsOwnedServiceChain reports whether a nat chain name is a per-service or per-endpoint
+// chain that kproxy (or upstream kube-proxy) creates and may therefore delete.
+func IsOwnedServiceChain(chain string) bool {
+	for _, p := range []string{prefixService, prefixServiceLocal, prefixExternal, prefixFirewall, prefixServiceEndpoint} {
+		if strings.HasPrefix(chain, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// portHash is the 16-character suffix shared by a service port's SVC, SVL, EXT and FW
+// chains: base32(sha256(portName + protocol)), byte-identical to upstream's.
+func portHash(name model.ServicePortName) string {
+	return hashSuffix(name.String() + strings.ToLower(string(name.Protocol)))
+}
+
+func hashSuffix(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+}
+
+// ServiceChain is the cluster-policy dispatch chain of a service port.
+func ServiceChain(name model.ServicePortName) string { return prefixService + portHash(name) }
+
+// ExternalChain is the entry chain for traffic arriving through a node port.
+func ExternalChain(name model.ServicePortName) string { return prefixExternal + portHash(name) }
+
+// EndpointChain is the DNAT chain of one endpoint of a service port. The endpoint string
+// is "ip:port" ("[ip]:port" for IPv6) with the endpoint's (target) port.
+func EndpointChain(name model.ServicePortName, endpoint string) string {
+	return prefixServiceEndpoint + hashSuffix(name.String()+strings.ToLower(string(name.Protocol))+endpoint)
+}

@@ -1,0 +1,137 @@
+package rules_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kproxy-dev/kproxy/pkg/model"
+	"github.com/kproxy-dev/kproxy/pkg/rules"
+	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+)
+
+// Fixture conventions follow upstream's tests so rule text can be compared with theirs:
+// pods in 10.0.0.0/8, cluster IPs in 172.30.0.0/16, the node at 192.168.0.2.
+var (
+	nodeIP      = netip.MustParseAddr("192.168.0.2")
+	clusterCIDR = netip.MustParsePrefix("10.0.0.0/8")
+)
+
+func defaultOptions() rules.Options {
+	return rules.Options{
+		Family:             v1.IPv4Protocol,
+		MasqueradeBit:      14,
+		LocalDetector:      rules.DetectByCIDR(clusterCIDR),
+		LocalhostNodePorts: true,
+		DropInvalid:        true,
+	}
+}
+
+type snapshotBuilder struct{ snap *model.Snapshot }
+
+func newSnapshot() *snapshotBuilder {
+	return &snapshotBuilder{snap: &model.Snapshot{
+		Services:  map[model.ServicePortName]*model.ServicePort{},
+		Endpoints: map[model.ServicePortName][]model.Endpoint{},
+	}}
+}
+
+// svc adds a service port; eps are "ip:port" strings of ready endpoints.
+func (b *snapshotBuilder) svc(ns, name, port string, proto v1.Protocol, clusterIP string, p, nodePort int32, eps ...string) model.ServicePortName {
+	spn := model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}, Port: port, Protocol: proto}
+	b.snap.Services[spn] = &model.ServicePort{Name: spn, ClusterIP: netip.MustParseAddr(clusterIP), Port: p, NodePort: nodePort}
+	var list []model.Endpoint
+	for _, e := range eps {
+		ap := netip.MustParseAddrPort(e)
+		list = append(list, model.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true})
+	}
+	model.SortEndpoints(list)
+	if len(list) > 0 {
+		b.snap.Endpoints[spn] = list
+	}
+	return spn
+}
+
+// applied renders the snapshot and applies it, with the built-in jumps, to the tables of
+// a fresh node, which is what the kernel would hold after the first sync.
+func applied(t *testing.T, snap *model.Snapshot, opts rules.Options) (rulestest.Tables, *rules.Ruleset) {
+	t.Helper()
+	rs := rules.Render(rules.Request{Snapshot: snap}, opts)
+	tables := rulestest.NewTables()
+	if err := tables.Apply(rs.Payload); err != nil {
+		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload)
+	}
+	for _, j := range rules.BuiltinJumps() {
+		tb := tables[j.Table]
+		if _, ok := tb.Chains[j.To]; !ok {
+			tb.Chains[j.To] = nil
+		}
+		tb.Chains[j.From] = append([]rulestest.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
+	}
+	return tables, rs
+}
+
+func TestChainNamesMatchUpstream(t *testing.T) {
+	spn := model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns1", Name: "svc1"}, Port: "p80", Protocol: v1.ProtocolTCP}
+	for _, tc := range []struct{ got, want string }{
+		{rules.ServiceChain(spn), "KUBE-SVC-XPGD46QRK7WJZT7O"},
+		{rules.ExternalChain(spn), "KUBE-EXT-XPGD46QRK7WJZT7O"},
+		{rules.EndpointChain(spn, "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ"},
+		{rules.EndpointChain(spn, "10.0.0.0:80"), "KUBE-SEP-DKGQUZGBKLTPAR56"},
+		{rules.ServiceChain(model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns2", Name: "svc2"}, Port: "p80", Protocol: v1.ProtocolTCP}), "KUBE-SVC-GNZBNJ2PO5MGZ6GT"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("chain name %s, want %s", tc.got, tc.want)
+		}
+	}
+}
+
+func TestProbability(t *testing.T) {
+	for n, want := range map[int]string{2: "0.5000000000", 3: "0.3333333333", 1000: "0.0010000000", 100001: "0.0000099999"} {
+		if got := rules.Probability(n); got != want {
+			t.Errorf("Probability(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestMasqueradeMark(t *testing.T) {
+	for bit, want := range map[int]string{0: "0x00000001", 14: "0x00004000", 31: "0x80000000"} {
+		if got := (rules.Options{MasqueradeBit: bit}).MasqueradeMark(); got != want {
+			t.Errorf("bit %d: mark %s, want %s", bit, got, want)
+		}
+	}
+}
+
+// upstreamShapedRules are rule lines copied from upstream's expected test output for the
+// same inputs; they pin our text to theirs, byte for byte.
+func TestRuleTextMatchesUpstream(t *testing.T) {
+	b := newSnapshot()
+	b.svc("ns1", "svc1", "p80", v1.ProtocolTCP, "172.30.0.41", 80, 0, "10.180.0.1:80")
+	opts := defaultOptions()
+	rs := rules.Render(rules.Request{Snapshot: b.snap}, opts)
+	for _, want := range []string{
+		`-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O`,
+		`-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ`,
+		`-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -j KUBE-SEP-SXIVWICOYRO3J4NJ`,
+		`-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ`,
+		`-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80`,
+		`-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`,
+		`-A KUBE-POSTROUTING -m mark ! --mark 0x00004000/0x00004000 -j RETURN`,
+		`-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully`,
+		`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+		`-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`,
+	} {
+		if !strings.Contains(string(rs.Payload), want+"\n") {
+			t.Errorf("payload lacks upstream's line\n  %s\npayload:\n%s", want, rs.Payload)
+		}
+	}
+	// The node-ports tail must be the last nat rule.
+	nat := string(rs.Payload[strings.Index(string(rs.Payload), "*nat"):])
+	lines := strings.Split(strings.TrimSuffix(nat, "COMMIT\n"), "\n")
+	if last := lines[len(lines)-2]; !strings.Contains(last, "-j KUBE-NODEPORTS") {
+		t.Errorf("last nat line is %q, want the node-ports tail", last)
+	}
+}

@@ -1,0 +1,250 @@
+package tracker
+
+import (
+	"net/netip"
+	"sort"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	netutils "k8s.io/utils/net"
+
+	"github.com/kproxy-dev/kproxy/pkg/model"
+)
+
+// Reasons an object or part of one is skipped; they label kproxy_invalid_objects_total.
+const (
+	ReasonBadName        = "bad_name"
+	ReasonBadPortName    = "bad_port_name"
+	ReasonBadProtocol    = "bad_protocol"
+	ReasonBadPort        = "bad_port"
+	ReasonBadClusterIP   = "bad_cluster_ip"
+	ReasonBadAddress     = "bad_address"
+	ReasonWrongFamily    = "wrong_family"
+	ReasonNoServiceLabel = "no_service_label"
+)
+
+// Kinds of objects counted when skipped.
+const (
+	KindService       = "Service"
+	KindEndpointSlice = "EndpointSlice"
+)
+
+// Invalid reports a part of an object that was skipped, so the caller can log and count
+// it. Skipping is always local: one bad port or address never hides the rest.
+type Invalid func(kind string, obj types.NamespacedName, reason, detail string)
+
+// parseAddr parses an IP the way the API server historically accepted them (leading
+// zeros allowed and read as decimal), as upstream does, so old objects keep working.
+func parseAddr(s string) (netip.Addr, bool) {
+	ip := netutils.ParseIPSloppy(s)
+	if ip == nil {
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	return a.Unmap(), ok
+}
+
+func familyOf(a netip.Addr) v1.IPFamily {
+	if a.Is4() {
+		return v1.IPv4Protocol
+	}
+	return v1.IPv6Protocol
+}
+
+// validName reports whether a namespace and name are DNS labels/subdomains. Names reach
+// rule comments and chain hashes, so anything else (spaces, quotes) is refused here
+// rather than escaped later.
+func validName(n types.NamespacedName) bool {
+	return len(validation.IsDNS1123Label(n.Namespace)) == 0 && len(validation.IsDNS1123Subdomain(n.Name)) == 0
+}
+
+// validPortName accepts "" (a lone unnamed port) or an IANA service name.
+func validPortName(name string) bool {
+	return name == "" || len(validation.IsValidPortName(name)) == 0
+}
+
+func validProtocol(p v1.Protocol) bool {
+	return p == v1.ProtocolTCP || p == v1.ProtocolUDP || p == v1.ProtocolSCTP
+}
+
+// clusterIPFor picks the service's cluster IP of one family; ok is false when the service
+// has none (headless, ExternalName, or single-stack in the other family).
+func clusterIPFor(svc *v1.Service, family v1.IPFamily) (ip netip.Addr, ok bool, malformed bool) {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if s == "" || s == v1.ClusterIPNone {
+			return netip.Addr{}, false, false
+		}
+		a, good := parseAddr(s)
+		if !good {
+			malformed = true
+			continue
+		}
+		if familyOf(a) == family {
+			return a, true, false
+		}
+	}
+	return netip.Addr{}, false, malformed
+}
+
+// convertService turns a Service into this family's service ports, skipping (and
+// reporting) what is malformed. A nil result means the service has no rules here.
+func convertService(svc *v1.Service, family v1.IPFamily, invalid Invalid) []*model.ServicePort {
+	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		return nil
+	}
+	if !validName(nn) {
+		invalid(KindService, nn, ReasonBadName, "namespace or name is not a DNS name")
+		return nil
+	}
+	clusterIP, ok, malformed := clusterIPFor(svc, family)
+	if malformed && !ok {
+		invalid(KindService, nn, ReasonBadClusterIP, strings.Join(svc.Spec.ClusterIPs, ","))
+	}
+	if !ok {
+		return nil
+	}
+	ports := make([]*model.ServicePort, 0, len(svc.Spec.Ports))
+	for _, p := range svc.Spec.Ports {
+		switch {
+		case !validPortName(p.Name):
+			invalid(KindService, nn, ReasonBadPortName, p.Name)
+			continue
+		case !validProtocol(p.Protocol):
+			invalid(KindService, nn, ReasonBadProtocol, string(p.Protocol))
+			continue
+		case p.Port < 1 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535:
+			invalid(KindService, nn, ReasonBadPort, p.Name)
+			continue
+		}
+		ports = append(ports, &model.ServicePort{
+			Name:      model.ServicePortName{NamespacedName: nn, Port: p.Name, Protocol: p.Protocol},
+			ClusterIP: clusterIP,
+			Port:      p.Port,
+			NodePort:  p.NodePort,
+		})
+	}
+	if len(ports) == 0 {
+		return nil
+	}
+	return ports
+}
+
+// sliceEndpoints is what one EndpointSlice contributes: endpoints per service port.
+type sliceEndpoints map[model.ServicePortName][]model.Endpoint
+
+// serviceOfSlice is the service an EndpointSlice belongs to, from its well-known label.
+func serviceOfSlice(slice *discovery.EndpointSlice) (types.NamespacedName, bool) {
+	name := slice.Labels[discovery.LabelServiceName]
+	return types.NamespacedName{Namespace: slice.Namespace, Name: name}, name != ""
+}
+
+// convertSlice extracts this family's endpoints from a slice, skipping (and reporting)
+// malformed ports and addresses.
+func convertSlice(slice *discovery.EndpointSlice, svc types.NamespacedName, family v1.IPFamily, invalid Invalid) sliceEndpoints {
+	out := sliceEndpoints{}
+	report := func(reason, detail string) {
+		invalid(KindEndpointSlice, types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, reason, detail)
+	}
+	var eps []model.Endpoint
+	for _, ep := range slice.Endpoints {
+		if len(ep.Addresses) == 0 {
+			continue
+		}
+		// Like upstream, only the first address counts: the API allows more but every
+		// controller writes one.
+		a, ok := parseAddr(ep.Addresses[0])
+		if !ok {
+			report(ReasonBadAddress, ep.Addresses[0])
+			continue
+		}
+		if familyOf(a) != family {
+			report(ReasonWrongFamily, ep.Addresses[0])
+			continue
+		}
+		e := model.Endpoint{
+			IP:          a,
+			Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
+			Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
+			Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
+		}
+		if ep.NodeName != nil {
+			e.NodeName = *ep.NodeName
+		}
+		eps = append(eps, e)
+	}
+	for _, p := range slice.Ports {
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		proto := v1.ProtocolTCP
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		switch {
+		case !validPortName(name):
+			report(ReasonBadPortName, name)
+			continue
+		case !validProtocol(proto):
+			report(ReasonBadProtocol, string(proto))
+			continue
+		case p.Port == nil || *p.Port < 1 || *p.Port > 65535:
+			report(ReasonBadPort, name)
+			continue
+		}
+		spn := model.ServicePortName{NamespacedName: svc, Port: name, Protocol: proto}
+		list := make([]model.Endpoint, len(eps))
+		for i, e := range eps {
+			e.Port = *p.Port
+			list[i] = e
+		}
+		out[spn] = append(out[spn], list...)
+	}
+	return out
+}
+
+// mergeSlices combines all slices of a service. An endpoint listed twice (slices overlap
+// briefly while the controller moves endpoints) is kept once, preferring the copy that is
+// not terminating. Lists are sorted by "ip:port" as upstream sorts them.
+func mergeSlices(slices map[string]sliceEndpoints) map[model.ServicePortName][]model.Endpoint {
+	merged := map[model.ServicePortName][]model.Endpoint{}
+	index := map[model.ServicePortName]map[string]int{}
+	// Slices are visited in name order so that duplicates resolve the same way every time.
+	names := make([]string, 0, len(slices))
+	for n := range slices {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for spn, eps := range slices[n] {
+			idx := index[spn]
+			if idx == nil {
+				idx = map[string]int{}
+				index[spn] = idx
+			}
+			for _, e := range eps {
+				key := e.String()
+				if i, dup := idx[key]; dup {
+					if merged[spn][i].Terminating && !e.Terminating {
+						merged[spn][i] = e
+					}
+					continue
+				}
+				idx[key] = len(merged[spn])
+				merged[spn] = append(merged[spn], e)
+			}
+		}
+	}
+	for _, eps := range merged {
+		model.SortEndpoints(eps)
+	}
+	return merged
+}

@@ -1,0 +1,237 @@
+package tracker
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/kproxy-dev/kproxy/pkg/model"
+)
+
+type recorder struct{ got []string }
+
+func (r *recorder) invalid(kind string, obj types.NamespacedName, reason, detail string) {
+	r.got = append(r.got, fmt.Sprintf("%s %s %s", kind, obj, reason))
+}
+
+func service(ns, name string, ips []string, ports ...v1.ServicePort) *v1.Service {
+	return &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: ips[0], ClusterIPs: ips, Ports: ports},
+	}
+}
+
+func port(name string, proto v1.Protocol, p int32) v1.ServicePort {
+	return v1.ServicePort{Name: name, Protocol: proto, Port: p}
+}
+
+type ep struct {
+	addr  string
+	node  string
+	ready bool
+	term  bool
+}
+
+func slice(ns, name, svc string, family discovery.AddressType, ports []discovery.EndpointPort, eps ...ep) *discovery.EndpointSlice {
+	s := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discovery.LabelServiceName: svc}},
+		AddressType: family,
+		Ports:       ports,
+	}
+	for _, e := range eps {
+		d := discovery.Endpoint{Addresses: []string{e.addr}, Conditions: discovery.EndpointConditions{
+			Ready: ptr.To(e.ready), Serving: ptr.To(e.ready || e.term), Terminating: ptr.To(e.term)}}
+		if e.node != "" {
+			d.NodeName = ptr.To(e.node)
+		}
+		s.Endpoints = append(s.Endpoints, d)
+	}
+	return s
+}
+
+func slicePort(name string, p int32) discovery.EndpointPort {
+	return discovery.EndpointPort{Name: ptr.To(name), Port: ptr.To(p), Protocol: ptr.To(v1.ProtocolTCP)}
+}
+
+// describe prints a snapshot compactly and in a stable order for comparisons.
+func describe(s *model.Snapshot) string {
+	var lines []string
+	for spn, sp := range s.Services {
+		var eps []string
+		for _, e := range s.Endpoints[spn] {
+			state := "ready"
+			if !e.Ready {
+				state = "notready"
+			}
+			if e.Terminating {
+				state += "+terminating"
+			}
+			eps = append(eps, e.String()+"("+state+")")
+		}
+		lines = append(lines, fmt.Sprintf("%s/%s %s:%d -> %s", spn, spn.Protocol, sp.ClusterIP, sp.Port, strings.Join(eps, " ")))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func names(ch Changes) string {
+	var n []string
+	for nn := range ch.Services {
+		n = append(n, nn.String())
+	}
+	sort.Strings(n)
+	return strings.Join(n, ",")
+}
+
+func TestServicesAndSlicesMergeIntoSnapshot(t *testing.T) {
+	rec := &recorder{}
+	tr := New(v1.IPv4Protocol, time.Time{}, rec.invalid)
+	tr.ServiceChanged(service("ns1", "web", []string{"172.30.0.1"}, port("http", v1.ProtocolTCP, 80), port("dns", v1.ProtocolUDP, 53)), false)
+	tr.EndpointSliceChanged(slice("ns1", "web-a", "web", discovery.AddressTypeIPv4,
+		[]discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: "10.0.0.2", ready: true}, ep{addr: "10.0.0.1", term: true}), false)
+	// Overlapping slice: the non-terminating copy of 10.0.0.1 wins.
+	tr.EndpointSliceChanged(slice("ns1", "web-b", "web", discovery.AddressTypeIPv4,
+		[]discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: "10.0.0.1", ready: true}), false)
+	// Another family's slice is not ours.
+	if tr.EndpointSliceChanged(slice("ns1", "web-v6", "web", discovery.AddressTypeIPv6,
+		[]discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: "fd00::1", ready: true}), false) {
+		t.Error("an IPv6 slice asked the IPv4 tracker for a sync")
+	}
+
+	snap, ch := tr.Checkpoint()
+	want := "ns1/web:dns/UDP 172.30.0.1:53 -> \nns1/web:http/TCP 172.30.0.1:80 -> 10.0.0.1:8080(ready) 10.0.0.2:8080(ready)"
+	if got := describe(snap); got != want {
+		t.Errorf("snapshot:\n%s\nwant:\n%s", got, want)
+	}
+	if names(ch) != "ns1/web" || ch.ServiceEvents != 1 || ch.EndpointSliceEvents != 2 {
+		t.Errorf("changes %q svcEvents=%d sliceEvents=%d", names(ch), ch.ServiceEvents, ch.EndpointSliceEvents)
+	}
+	if len(rec.got) != 0 {
+		t.Errorf("unexpected invalid reports %v", rec.got)
+	}
+
+	// Nothing pending: an empty change set, the same snapshot.
+	snap2, ch2 := tr.Checkpoint()
+	if len(ch2.Services) != 0 || describe(snap2) != want {
+		t.Errorf("second checkpoint changed %q", names(ch2))
+	}
+
+	// A resync delivers the same objects again: no service counts as changed.
+	tr.ServiceChanged(service("ns1", "web", []string{"172.30.0.1"}, port("http", v1.ProtocolTCP, 80), port("dns", v1.ProtocolUDP, 53)), false)
+	tr.EndpointSliceChanged(slice("ns1", "web-b", "web", discovery.AddressTypeIPv4,
+		[]discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: "10.0.0.1", ready: true}), false)
+	if _, ch := tr.Checkpoint(); len(ch.Services) != 0 {
+		t.Errorf("no-op resync changed %q", names(ch))
+	}
+
+	// Deleting slice b leaves 10.0.0.1 terminating (from slice a).
+	tr.EndpointSliceChanged(slice("ns1", "web-b", "web", discovery.AddressTypeIPv4, nil), true)
+	snap, ch = tr.Checkpoint()
+	if !strings.Contains(describe(snap), "10.0.0.1:8080(notready+terminating)") || names(ch) != "ns1/web" {
+		t.Errorf("after slice delete: %s (changed %q)", describe(snap), names(ch))
+	}
+
+	// Deleting the service removes its ports.
+	tr.ServiceChanged(service("ns1", "web", []string{"172.30.0.1"}), true)
+	snap, ch = tr.Checkpoint()
+	if len(snap.Services) != 0 || names(ch) != "ns1/web" {
+		t.Errorf("after service delete: %s (changed %q)", describe(snap), names(ch))
+	}
+}
+
+func TestServicesWithoutRules(t *testing.T) {
+	tr := New(v1.IPv4Protocol, time.Time{}, (&recorder{}).invalid)
+	headless := service("ns", "headless", []string{v1.ClusterIPNone}, port("p", v1.ProtocolTCP, 80))
+	external := service("ns", "ext", []string{""}, port("p", v1.ProtocolTCP, 80))
+	external.Spec.Type = v1.ServiceTypeExternalName
+	v6only := service("ns", "v6", []string{"fd00::1"}, port("p", v1.ProtocolTCP, 80))
+	dual := service("ns", "dual", []string{"fd00::2", "172.30.0.2"}, port("p", v1.ProtocolTCP, 80))
+	for _, s := range []*v1.Service{headless, external, v6only, dual} {
+		tr.ServiceChanged(s, false)
+	}
+	snap, _ := tr.Checkpoint()
+	if got, want := describe(snap), "ns/dual:p/TCP 172.30.0.2:80 -> "; got != want {
+		t.Errorf("snapshot %q, want %q", got, want)
+	}
+}
+
+// TestBadInputIsSkippedLocally feeds malformed objects: each bad part is reported and
+// skipped, and everything else in the same objects is kept.
+func TestBadInputIsSkippedLocally(t *testing.T) {
+	rec := &recorder{}
+	tr := New(v1.IPv4Protocol, time.Time{}, rec.invalid)
+	tr.ServiceChanged(service("ns", "svc", []string{"172.30.0.041"}, // leading zero: read as decimal, as upstream
+		port("good", v1.ProtocolTCP, 80),
+		port(`bad "quoted"`, v1.ProtocolTCP, 81),
+		port("has space", v1.ProtocolTCP, 82),
+		port("icmp", v1.Protocol("ICMP"), 83),
+		port("zero", v1.ProtocolTCP, 0)), false)
+	tr.ServiceChanged(service("ns", "badip", []string{"172.30.0.300"}, port("p", v1.ProtocolTCP, 80)), false)
+	tr.ServiceChanged(service("ns", `we"ird`, []string{"172.30.0.9"}, port("p", v1.ProtocolTCP, 80)), false)
+	tr.EndpointSliceChanged(slice("ns", "svc-1", "svc", discovery.AddressTypeIPv4,
+		[]discovery.EndpointPort{
+			slicePort("good", 8080),
+			{Name: ptr.To("zero"), Port: ptr.To[int32](0)},
+			{Name: ptr.To("missing")},
+			slicePort(`bad "quoted"`, 8081),
+		},
+		ep{addr: "10.0.0.1", ready: true},
+		ep{addr: "10.0.0.999", ready: true},
+		ep{addr: "fd00::1", ready: true},
+		ep{addr: "10.180.00.001", ready: true}), false)
+	noLabel := slice("ns", "orphan", "", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("good", 80)}, ep{addr: "10.0.0.5", ready: true})
+	tr.EndpointSliceChanged(noLabel, false)
+
+	snap, _ := tr.Checkpoint()
+	want := "ns/svc:good/TCP 172.30.0.41:80 -> 10.0.0.1:8080(ready) 10.180.0.1:8080(ready)"
+	if got := describe(snap); got != want {
+		t.Errorf("snapshot:\n%s\nwant:\n%s", got, want)
+	}
+	sort.Strings(rec.got)
+	wantReports := []string{
+		"EndpointSlice ns/orphan no_service_label",
+		"EndpointSlice ns/svc-1 bad_address",
+		"EndpointSlice ns/svc-1 bad_port",
+		"EndpointSlice ns/svc-1 bad_port",
+		"EndpointSlice ns/svc-1 bad_port_name",
+		"EndpointSlice ns/svc-1 wrong_family",
+		"Service ns/badip bad_cluster_ip",
+		"Service ns/svc bad_port",
+		"Service ns/svc bad_port_name",
+		"Service ns/svc bad_port_name",
+		"Service ns/svc bad_protocol",
+		`Service ns/we"ird bad_name`,
+	}
+	if strings.Join(rec.got, "\n") != strings.Join(wantReports, "\n") {
+		t.Errorf("reports:\n%s\nwant:\n%s", strings.Join(rec.got, "\n"), strings.Join(wantReports, "\n"))
+	}
+}
+
+func TestTriggerTimes(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tr := New(v1.IPv4Protocol, start, (&recorder{}).invalid)
+	mk := func(name string, at time.Time, addr string) *discovery.EndpointSlice {
+		s := slice("ns", name, "svc", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("p", 80)}, ep{addr: addr, ready: true})
+		s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: at.Format(time.RFC3339Nano)}
+		return s
+	}
+	tr.EndpointSliceChanged(mk("a", start.Add(-time.Minute), "10.0.0.1"), false) // before we started: ignored
+	tr.EndpointSliceChanged(mk("b", start.Add(time.Second), "10.0.0.2"), false)
+	_, ch := tr.Checkpoint()
+	if len(ch.TriggerTimes) != 1 || !ch.TriggerTimes[0].Equal(start.Add(time.Second)) {
+		t.Errorf("trigger times %v", ch.TriggerTimes)
+	}
+	// An unchanged resync carries no latency sample.
+	tr.EndpointSliceChanged(mk("b", start.Add(2*time.Second), "10.0.0.2"), false)
+	if _, ch := tr.Checkpoint(); len(ch.TriggerTimes) != 0 {
+		t.Errorf("no-op change produced trigger times %v", ch.TriggerTimes)
+	}
+}
