@@ -30,6 +30,17 @@ func DetectByCIDR(cidr netip.Prefix) LocalDetector {
 	return LocalDetector{IfLocal: []string{"-s", c}, IfNotLocal: []string{"!", "-s", c}}
 }
 
+// DetectByBridge recognises pod traffic by its arriving on the pod bridge.
+func DetectByBridge(bridge string) LocalDetector {
+	return LocalDetector{IfLocal: []string{"-i", bridge}, IfNotLocal: []string{"!", "-i", bridge}}
+}
+
+// DetectByInterfacePrefix recognises pod traffic by its arriving on an interface whose
+// name starts with prefix (e.g. "veth").
+func DetectByInterfacePrefix(prefix string) LocalDetector {
+	return DetectByBridge(prefix + "+")
+}
+
 // Implemented reports whether the detector can tell local traffic apart at all.
 func (d LocalDetector) Implemented() bool { return len(d.IfNotLocal) > 0 }
 

@@ -135,3 +135,23 @@ func TestRuleTextMatchesUpstream(t *testing.T) {
 		t.Errorf("last nat line is %q, want the node-ports tail", last)
 	}
 }
+
+func TestLocalDetectors(t *testing.T) {
+	for _, tc := range []struct {
+		d    rules.LocalDetector
+		want string
+	}{
+		{rules.DetectByCIDR(netip.MustParsePrefix("10.0.0.0/8")), "! -s 10.0.0.0/8 -j KUBE-MARK-MASQ"},
+		{rules.DetectByBridge("cbr0"), "! -i cbr0 -j KUBE-MARK-MASQ"},
+		{rules.DetectByInterfacePrefix("veth"), "! -i veth+ -j KUBE-MARK-MASQ"},
+	} {
+		b := newSnapshot()
+		b.svc("ns1", "svc1", "p80", v1.ProtocolTCP, "172.30.0.41", 80, 0, "10.180.0.1:80")
+		opts := defaultOptions()
+		opts.LocalDetector = tc.d
+		rs := rules.Render(rules.Request{Snapshot: b.snap}, opts)
+		if !strings.Contains(string(rs.Payload), "--dport 80 "+tc.want+"\n") {
+			t.Errorf("payload lacks %q:\n%s", tc.want, rs.Payload)
+		}
+	}
+}

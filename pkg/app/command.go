@@ -1,0 +1,63 @@
+// Package app is kproxy's command line: kube-proxy's flags and config file, the daemon's
+// wiring (informers -> proxiers -> iptables, health and metrics servers), --cleanup, and
+// the `render` subcommand that prints the rules a node would get from manifests.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+)
+
+// NewCommand returns the kproxy command. It accepts kube-proxy's flags unchanged, so an
+// existing DaemonSet's arguments work as they are.
+func NewCommand() *cobra.Command {
+	opts := NewOptions()
+	cmd := &cobra.Command{
+		Use:   "kproxy",
+		Short: "kproxy: a drop-in replacement for kube-proxy in iptables mode",
+		Long: `kproxy programs Kubernetes Services into iptables on each node, with the same
+chains, rules and flags as kube-proxy in iptables mode.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		// kube-proxy has no shell completion; keep the command line identical.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := opts.Complete(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			if err := opts.ApplyLogging(cfg); err != nil {
+				return err
+			}
+			if opts.WriteConfigTo != "" {
+				return opts.WriteConfigFile()
+			}
+			ctx := cmd.Context()
+			if opts.Cleanup {
+				return CleanupAll(ctx, cfg)
+			}
+			return Run(ctx, cfg, opts.InitOnly)
+		},
+	}
+	opts.AddFlags(cmd.Flags())
+	cmd.AddCommand(newRenderCommand())
+	return cmd
+}
+
+// Main runs the command and returns the process exit code; errors are printed as one line.
+func Main(ctx context.Context, args []string) int {
+	cmd := NewCommand()
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	klog.Flush()
+	if err == nil || errors.Is(err, context.Canceled) {
+		return 0
+	}
+	fmt.Fprintln(cmd.ErrOrStderr(), "kproxy:", err)
+	return 1
+}

@@ -1,0 +1,124 @@
+package app
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/kproxy-dev/kproxy/pkg/config"
+	"github.com/kproxy-dev/kproxy/pkg/manifests"
+	"github.com/kproxy-dev/kproxy/pkg/rules"
+	"github.com/kproxy-dev/kproxy/pkg/tracker"
+)
+
+// renderOptions are `kproxy render`'s own flags; the proxy flags are kube-proxy's.
+type renderOptions struct {
+	files    []string
+	nodeName string
+	family   string
+}
+
+func newRenderCommand() *cobra.Command {
+	ro := &renderOptions{family: string(v1.IPv4Protocol)}
+	proxyOpts := NewOptions()
+	cmd := &cobra.Command{
+		Use:   "render -f DIR|FILE [-f ...] [--node-name NODE] [kube-proxy flags]",
+		Short: "Print the iptables-restore payload a node would get for Service and EndpointSlice manifests",
+		Long: `render reads Service, EndpointSlice and Node manifests (YAML or JSON, several documents
+per file, v1 Lists) and prints the iptables-restore payload kproxy would apply on a node,
+without a cluster and without root. kube-proxy's flags (--cluster-cidr, --masquerade-all,
+--config, ...) shape the rules as they would on the node. The output can be checked with
+"iptables-restore --test --noflush".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(ro.files) == 0 {
+				return fmt.Errorf("render: -f is required")
+			}
+			cfg, err := proxyOpts.Complete(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return render(cmd.OutOrStdout(), cmd.ErrOrStderr(), ro, cfg)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringArrayVarP(&ro.files, "filename", "f", nil, "Manifest file or directory (repeatable).")
+	fs.StringVar(&ro.nodeName, "node-name", "", "The node to render for; endpoints on it count as local.")
+	fs.StringVar(&ro.family, "ip-family", ro.family, "IP family to render: IPv4 or IPv6.")
+	proxyOpts.AddFlags(fs)
+	return cmd
+}
+
+func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error {
+	family := v1.IPFamily(ro.family)
+	if family != v1.IPv4Protocol && family != v1.IPv6Protocol {
+		return fmt.Errorf("render: --ip-family must be IPv4 or IPv6, not %q", ro.family)
+	}
+	objs, err := manifests.Load(ro.files...)
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	if ro.nodeName != "" && len(objs.Nodes) > 0 && !hasNode(objs.Nodes, ro.nodeName) {
+		return fmt.Errorf("render: --node-name %q matches none of the Node manifests", ro.nodeName)
+	}
+
+	invalid := 0
+	tr := tracker.New(family, time.Time{}, func(kind string, obj types.NamespacedName, reason, detail string) {
+		invalid++
+		klog.InfoS("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
+	})
+	for _, svc := range objs.Services {
+		if _, claimed := svc.Labels["service.kubernetes.io/service-proxy-name"]; claimed {
+			continue
+		}
+		tr.ServiceChanged(svc, false)
+	}
+	for _, s := range objs.EndpointSlices {
+		tr.EndpointSliceChanged(s, false)
+	}
+	snap, _ := tr.Checkpoint()
+	rs := rules.Render(rules.Request{Snapshot: snap}, RuleOptions(cfg, family))
+
+	fmt.Fprintf(out, "# kproxy render: %s, %d service ports, %d filter + %d nat rules", family, len(snap.Services), rs.FilterRules, rs.NATRules)
+	if ro.nodeName != "" {
+		fmt.Fprintf(out, ", node %s", ro.nodeName)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "# Jumps kproxy ensures in built-in chains (outside this payload):")
+	for _, j := range rules.BuiltinJumps() {
+		fmt.Fprintf(out, "#   -t %s -A %s %s\n", j.Table, j.From, quoteArgs(j.RuleArgs()))
+	}
+	if _, err := out.Write(rs.Payload); err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	if invalid > 0 {
+		fmt.Fprintf(errOut, "kproxy render: skipped %d malformed parts of objects (see log)\n", invalid)
+	}
+	return nil
+}
+
+func hasNode(nodes []*v1.Node, name string) bool {
+	for _, n := range nodes {
+		if n.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func quoteArgs(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if strings.Contains(a, " ") {
+			a = `"` + a + `"`
+		}
+		q[i] = a
+	}
+	return strings.Join(q, " ")
+}
