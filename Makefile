@@ -1,0 +1,22 @@
+# A thin menu over hack/*.sh; every target's logic lives in its script.
+.PHONY: all build test verify bench render clean
+
+all: build
+
+build:
+	hack/build.sh
+
+test:
+	hack/test.sh
+
+verify:
+	hack/verify.sh
+
+bench:
+	hack/bench.sh
+
+render:
+	hack/render.sh
+
+clean:
+	rm -rf bin

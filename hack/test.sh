@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test tier: static checks, unit tests (goldens, packet tracer, rule counts) and,
+# as root, the privileged tests that apply rules with the real iptables-restore in throwaway
+# network namespaces and send real traffic. Not root: privileged tests skip with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+hack/install-deps.sh
+hack/verify.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test: not root; privileged tests (real iptables and traffic in network namespaces) will skip" >&2
+fi
+# -p 1: privileged packages create namespaces and run iptables binaries; on 2 cores running
+# them one package at a time keeps the suite predictable.
+go test -count=1 -p 1 "$@" ./...
