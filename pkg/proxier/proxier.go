@@ -76,9 +76,9 @@ func New(ctx context.Context, cfg Config) *Proxier {
 func (p *Proxier) Run(ctx context.Context) {
 	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("ipFamily", p.cfg.Family))
 	if p.cfg.Health != nil {
-		// Health counts from here: a proxy that never manages a first sync turns unhealthy.
+		// Health counts from here: the sync queued next must complete within the health
+		// timeout, so a proxy that never manages a first sync turns unhealthy.
 		p.cfg.Health.Updated(p.cfg.Family)
-		p.cfg.Health.QueuedUpdate(p.cfg.Family)
 	}
 	p.requestSync()
 	p.runner.Loop(ctx)

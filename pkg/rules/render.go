@@ -147,6 +147,7 @@ type renderer struct {
 func Render(req Request, opts Options) *Ruleset {
 	r := &renderer{opts: opts, mark: opts.MasqueradeMark()}
 	r.skipped.skip = true
+	r.presize(req.Snapshot)
 
 	r.writeFixedChains()
 	for _, name := range req.Snapshot.SortedServiceNames() {
@@ -161,7 +162,7 @@ func Render(req Request, opts Options) *Ruleset {
 	r.writeNodePortsTail()
 	r.writeForwardRules()
 
-	var payload []byte
+	payload := make([]byte, 0, len(r.filter.chains)+len(r.filter.rules)+len(r.nat.chains)+len(r.nat.rules)+32)
 	payload = append(payload, "*filter\n"...)
 	payload = append(payload, r.filter.chains...)
 	payload = append(payload, r.filter.rules...)
@@ -176,6 +177,21 @@ func Render(req Request, opts Options) *Ruleset {
 		ActiveNATChains:  r.active,
 		DeletedNATChains: deleted,
 	}
+}
+
+// presize reserves buffer space from the snapshot's size, so that rendering a large
+// cluster does not spend its time copying buffers as they grow. The figures are rough
+// per-rule byte counts of typical rules; overshooting costs only untouched memory.
+func (r *renderer) presize(snap *model.Snapshot) {
+	endpoints := 0
+	for _, eps := range snap.Endpoints {
+		endpoints += len(eps)
+	}
+	services := len(snap.Services)
+	r.nat.chains = make([]byte, 0, 40*(2*services+endpoints)+1024)
+	r.nat.rules = make([]byte, 0, 180*(4*services+3*endpoints)+4096)
+	r.filter.rules = make([]byte, 0, 4096)
+	r.active = make([]string, 0, 2*services+endpoints)
 }
 
 // writeFixedChains declares every chain we own in both tables (so each sync flushes and

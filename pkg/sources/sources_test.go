@@ -1,0 +1,86 @@
+package sources
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func TestSelectorsMatchUpstream(t *testing.T) {
+	svc, slices := Selectors()
+	if svc.LabelSelector != "!service.kubernetes.io/service-proxy-name" || svc.FieldSelector != "spec.clusterIP!=None" {
+		t.Errorf("service selectors %q / %q", svc.LabelSelector, svc.FieldSelector)
+	}
+	if slices.LabelSelector != "!service.kubernetes.io/headless" {
+		t.Errorf("slice selector %q", slices.LabelSelector)
+	}
+}
+
+type recorder struct {
+	mu                         sync.Mutex
+	services, slices, nodes    []string
+	deleted                    []string
+	svcSynced, sliceSync, node bool
+}
+
+func (r *recorder) add(list *[]string, name string) {
+	r.mu.Lock()
+	*list = append(*list, name)
+	r.mu.Unlock()
+}
+func (r *recorder) OnServiceAdd(s *v1.Service) { r.add(&r.services, s.Name) }
+func (r *recorder) OnServiceUpdate(_, s *v1.Service) {
+	r.add(&r.services, s.Name+"(updated)")
+}
+func (r *recorder) OnServiceDelete(s *v1.Service) { r.add(&r.deleted, s.Name) }
+func (r *recorder) OnServicesSynced()             { r.mu.Lock(); r.svcSynced = true; r.mu.Unlock() }
+func (r *recorder) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
+	r.add(&r.slices, s.Name)
+}
+func (r *recorder) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) {}
+func (r *recorder) OnEndpointSliceDelete(s *discovery.EndpointSlice)    {}
+func (r *recorder) OnEndpointSlicesSynced()                             { r.mu.Lock(); r.sliceSync = true; r.mu.Unlock() }
+func (r *recorder) OnNodeAdd(n *v1.Node)                                { r.add(&r.nodes, n.Name) }
+func (r *recorder) OnNodeUpdate(_, n *v1.Node)                          {}
+func (r *recorder) OnNodeDelete(n *v1.Node)                             {}
+func (r *recorder) OnNodeSynced()                                       { r.mu.Lock(); r.node = true; r.mu.Unlock() }
+
+func TestRunDeliversEventsAndSyncs(t *testing.T) {
+	client := fake.NewClientset(
+		&v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "x"}}}},
+		&discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1"}},
+		&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}},
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := &recorder{}
+	if err := Run(ctx, client, "node-1", time.Hour, rec, rec, rec); err != nil {
+		t.Fatal(err)
+	}
+	synced := func(ctx context.Context) (bool, error) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.svcSynced && rec.sliceSync && rec.node && len(rec.services) == 1 && len(rec.slices) == 1, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, synced); err != nil {
+		t.Fatalf("initial list not delivered: %+v", rec)
+	}
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := func(ctx context.Context) (bool, error) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.deleted) == 1, nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, deleted); err != nil {
+		t.Fatalf("delete not delivered: %+v", rec)
+	}
+}
