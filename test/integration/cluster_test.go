@@ -200,14 +200,14 @@ func exchange(network, addr string) (reply, error) {
 	return reply{pod: fields[0], src: src}, nil
 }
 
-// exchanges makes up to max requests from inside ns, stopping early once done (if not
+// exchanges makes up to limit requests from inside ns, stopping early once done (if not
 // nil) is true of the replies so far. The first failed exchange fails the test, so the
-// loop takes at most max round trips or one timeout.
-func exchanges(t *testing.T, ns *netnstest.NS, network, addr string, max int, done func([]reply) bool) []reply {
+// loop takes at most limit round trips or one timeout.
+func exchanges(t *testing.T, ns *netnstest.NS, network, addr string, limit int, done func([]reply) bool) []reply {
 	t.Helper()
 	var replies []reply
 	err := ns.Do(func() error {
-		for range max {
+		for range limit {
 			r, err := exchange(network, addr)
 			if err != nil {
 				return fmt.Errorf("exchange %d: %w", len(replies)+1, err)

@@ -137,35 +137,75 @@ func TestNoEndpointsRejects(t *testing.T) {
 	})
 }
 
-// TestEndpointRemoval: after an endpoint leaves the EndpointSlice and a (partial) sync,
-// new connections go only to the remaining endpoint and the removed endpoint's chains are
-// deleted.
+// TestEndpointRemoval: endpoint changes programmed by partial syncs. After an endpoint
+// leaves the EndpointSlice, new connections go only to the remaining one and the removed
+// endpoint's chains are deleted; an endpoint coming back is used again; without any
+// endpoint left the service refuses connections. An unchanged service next to it, whose
+// chains partial syncs do not rewrite, keeps working throughout; deleting it deletes its
+// chains.
 func TestEndpointRemoval(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend iptables.Backend) {
 		c := newCluster(t, 2)
 		for _, p := range c.pods {
 			p.serve(t, 8080, 5353)
 		}
-		pod1 := c.pods[0]
+		pod1, pod2 := c.pods[0], c.pods[1]
 		k := newKproxy(t, c, backend)
 		ports := []port{httpPort, dnsPort}
-		before := endpointSlice("web", ports, c.pods...)
-		k.load(service("web", "172.30.0.10", ports...), before)
+		otherPorts := []port{httpPort.withNodePort(30082)}
+		slice := endpointSlice("web", ports, c.pods...)
+		k.load(
+			service("web", "172.30.0.10", ports...), slice,
+			service("other", "172.30.0.12", otherPorts...), endpointSlice("other", otherPorts, pod2),
+		)
 		k.sync(t)
 		reachesAll(t, c.client, "tcp", "172.30.0.10:80", c.pods, podGateway)
-		if n := countLines(k.save(t, "nat"), ":KUBE-SEP-"); n != 4 {
-			t.Errorf("%d endpoint chains before the removal, want 4 (2 ports x 2 endpoints)", n)
+		if n := countLines(k.save(t, "nat"), ":KUBE-SEP-"); n != 5 {
+			t.Errorf("%d endpoint chains before the removal, want 5 (web: 2 ports x 2 endpoints, other: 1)", n)
+		}
+		otherWorks := func(t *testing.T) {
+			t.Helper()
+			allTo(t, c.client, "tcp", "172.30.0.12:80", 3, pod2)
+			allTo(t, c.client, "tcp", hostPort(nodeAddr.String(), 30082), 3, pod2)
+		}
+		update := func(next *discovery.EndpointSlice) {
+			t.Helper()
+			k.OnEndpointSliceUpdate(slice, next)
+			slice = next
+			k.sync(t)
 		}
 
-		k.OnEndpointSliceUpdate(before, endpointSlice("web", ports, pod1))
-		k.sync(t)
+		update(endpointSlice("web", ports, pod1))
 		// Only TCP: every new TCP connection is a new conntrack entry and is load balanced
 		// afresh. A UDP flow reusing a source port of an earlier one would still follow
 		// that flow's conntrack entry to the removed pod until it expires, which only a
 		// conntrack cleanup (not part of the rules) prevents.
 		allTo(t, c.client, "tcp", "172.30.0.10:80", 30, pod1)
-		if n := countLines(k.save(t, "nat"), ":KUBE-SEP-"); n != 2 {
-			t.Errorf("%d endpoint chains after the removal, want 2 (the removed endpoint's are deleted)", n)
+		if n := countLines(k.save(t, "nat"), ":KUBE-SEP-"); n != 3 {
+			t.Errorf("%d endpoint chains after the removal, want 3 (the removed endpoint's are deleted)", n)
+		}
+		otherWorks(t)
+
+		update(endpointSlice("web", ports, c.pods...))
+		reachesAll(t, c.client, "tcp", "172.30.0.10:80", c.pods, podGateway)
+		otherWorks(t)
+
+		update(endpointSlice("web", ports))
+		wantRefused(t, c.client, "172.30.0.10:80")
+		if n := countLines(k.save(t, "nat"), ":KUBE-SVC-"); n != 1 {
+			t.Errorf("%d service chains without endpoints for web, want 1 (other's)", n)
+		}
+		otherWorks(t)
+
+		// Deleting the other service deletes all its chains.
+		k.OnServiceDelete(service("other", "172.30.0.12", otherPorts...))
+		k.OnEndpointSliceDelete(endpointSlice("other", otherPorts, pod2))
+		k.sync(t)
+		nat := k.save(t, "nat")
+		for _, prefix := range []string{":KUBE-SVC-", ":KUBE-EXT-", ":KUBE-SEP-"} {
+			if n := countLines(nat, prefix); n != 0 {
+				t.Errorf("%d %s chains left after deleting the last service with endpoints:\n%s", n, prefix[1:], nat)
+			}
 		}
 	})
 }
