@@ -199,6 +199,8 @@ func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
 			return nil, fmt.Errorf("loading --config: %w", err)
 		}
 		for _, name := range o.ignoredFlags(fs) {
+			// klog has no structured call at warning severity; the W level matters here
+			// because operators grep for it after a config change.
 			klog.Warningf("Ignoring flag --%s because --config is set; set the corresponding field in %s instead", name, o.ConfigFile)
 		}
 		v1 = loaded

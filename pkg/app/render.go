@@ -3,7 +3,6 @@ package app
 import (
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -92,7 +91,7 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "# Jumps kproxy ensures in built-in chains (outside this payload):")
 	for _, j := range rules.BuiltinJumps() {
-		fmt.Fprintf(out, "#   -t %s -A %s %s\n", j.Table, j.From, quoteArgs(j.RuleArgs()))
+		fmt.Fprintf(out, "#   %s\n", j)
 	}
 	if _, err := out.Write(rs.Payload); err != nil {
 		return fmt.Errorf("render: %w", err)
@@ -110,15 +109,4 @@ func hasNode(nodes []*v1.Node, name string) bool {
 		}
 	}
 	return false
-}
-
-func quoteArgs(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		if strings.Contains(a, " ") {
-			a = `"` + a + `"`
-		}
-		q[i] = a
-	}
-	return strings.Join(q, " ")
 }

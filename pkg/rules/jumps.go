@@ -1,5 +1,7 @@
 package rules
 
+import "strings"
+
 // Jump is a rule in a built-in chain that sends packets into one of our chains. These
 // live outside the restore payload (which never touches built-in chains, so other
 // components' rules there survive) and are ensured one by one.
@@ -12,6 +14,19 @@ type Jump struct {
 
 // RuleArgs is the rule as given to iptables after "-t table -A/-C/-I From".
 func (j Jump) RuleArgs() []string { return append(append([]string{}, j.Args...), "-j", j.To) }
+
+// String is the rule as an iptables command line would take it, for logs and docs.
+func (j Jump) String() string {
+	var b strings.Builder
+	b.WriteString("-t " + j.Table + " -A " + j.From)
+	for _, a := range j.RuleArgs() {
+		if strings.Contains(a, " ") {
+			a = `"` + a + `"`
+		}
+		b.WriteString(" " + a)
+	}
+	return b.String()
+}
 
 func jump(table, from, to, comment string, match ...string) Jump {
 	args := append([]string{}, match...)
