@@ -68,7 +68,7 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 	}
 
 	invalid := 0
-	tr := tracker.New(family, time.Time{}, func(kind string, obj types.NamespacedName, reason, detail string) {
+	tr := tracker.New(family, ro.nodeName, time.Time{}, func(kind string, obj types.NamespacedName, reason, detail string) {
 		invalid++
 		klog.InfoS("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
 	})

@@ -7,6 +7,10 @@
 // that. /healthz additionally requires the node to be eligible for traffic,
 // so that cloud load balancers drain a node that is being deleted or scaled
 // down before its proxy goes away.
+//
+// ServiceHealthServer answers on the healthCheckNodePort of each
+// LoadBalancer service with externalTrafficPolicy Local, so that cloud load
+// balancers send such a service's traffic only to nodes with local endpoints.
 package healthcheck
 
 import (

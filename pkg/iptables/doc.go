@@ -20,8 +20,8 @@
 //     writes as ":NAME - [0:0]" and does not want to restore counters.
 //   - SaveChains runs "<family>tables-<backend>-save -t TABLE" (no -w: save
 //     takes no lock) and keeps the chain names only.
-//   - EnsureChain, EnsureRule and DeleteRule use github.com/coreos/go-iptables
-//     with an explicit binary path and --wait.
+//   - EnsureChain, ChainExists, EnsureRule and DeleteRule use
+//     github.com/coreos/go-iptables with an explicit binary path and --wait.
 //
 // # Errors
 //
@@ -29,4 +29,14 @@
 // the line number, so the caller can log the lines around it (LinesAround).
 // The two backends report failures differently, and not always at the same
 // line; see ParseError.
+//
+// Any other failure with exit status 4 (the lock wait expired, or the kernel
+// was busy) wraps a *BusyError: the command may succeed when retried, and a
+// ChainExists that failed that way has not found the chain missing.
+//
+// # Flush detection
+//
+// Monitor keeps a canary chain in several tables and calls back when another
+// program (firewalld reload, "iptables -F -X", a restore without --noflush)
+// has deleted them, so the caller can rewrite its rules in full.
 package iptables

@@ -2,10 +2,14 @@ package iptables
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+
+	coreiptables "github.com/coreos/go-iptables/iptables"
 )
 
 // ParseError is a restore failure that the restore binary attributed to a line
@@ -104,4 +108,58 @@ func LinesAround(payload []byte, line, radius int) string {
 		return ""
 	}
 	return b.String()
+}
+
+// exitResourceProblem is the exit status both backends use for RESOURCE_PROBLEM:
+// the xtables lock was still held when --wait expired (legacy: "Another app
+// is currently holding the xtables lock"), or the kernel answered EBUSY/EAGAIN
+// (nft: "Device or resource busy", "Resource temporarily unavailable").
+const exitResourceProblem = 4
+
+// BusyError is a command that failed with exit status 4 because the xtables
+// lock or a kernel resource was busy. It says nothing about the rules: a
+// ChainExists that fails with a BusyError does not mean the chain is missing,
+// and the command may well succeed when retried. Check for it with errors.As.
+type BusyError struct {
+	// Err is the underlying failure, with the command's output.
+	Err error
+}
+
+// Error implements error.
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("resource busy (exit status %d): %v", exitResourceProblem, e.Err)
+}
+
+// Unwrap returns the underlying failure.
+func (e *BusyError) Unwrap() error { return e.Err }
+
+// IsBusy reports whether err is, or wraps, a *BusyError.
+func IsBusy(err error) bool {
+	var be *BusyError
+	return errors.As(err, &be)
+}
+
+// exitStatus returns the exit status of the failed command behind err, or -1
+// when err is not a command's exit (it was killed, or never started).
+func exitStatus(err error) int {
+	// go-iptables' Error embeds exec.ExitError by value, so errors.As cannot
+	// find an *exec.ExitError behind it: ask it first.
+	var ierr *coreiptables.Error
+	if errors.As(err, &ierr) {
+		return ierr.ExitStatus()
+	}
+	var eerr *exec.ExitError
+	if errors.As(err, &eerr) {
+		return eerr.ExitCode()
+	}
+	return -1
+}
+
+// classify wraps err in a *BusyError when the command exited with status 4,
+// and returns it unchanged otherwise (nil included).
+func classify(err error) error {
+	if err != nil && exitStatus(err) == exitResourceProblem {
+		return &BusyError{Err: err}
+	}
+	return err
 }

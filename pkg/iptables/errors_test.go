@@ -115,3 +115,30 @@ func TestLinesAround(t *testing.T) {
 		t.Errorf("LinesAround(long, 10, 2) =\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestClassifyBusy(t *testing.T) {
+	run := func(status string) error {
+		t.Helper()
+		err := exec.Command("sh", "-c", "exit "+status).Run()
+		if err == nil {
+			t.Fatalf("sh -c 'exit %s' succeeded", status)
+		}
+		return err
+	}
+	busy := fmt.Errorf("checking chain: %w", classify(run("4")))
+	if !IsBusy(busy) {
+		t.Errorf("IsBusy(exit status 4) = false, want true: %v", busy)
+	}
+	var ee *exec.ExitError
+	if !errors.As(busy, &ee) || ee.ExitCode() != 4 {
+		t.Errorf("BusyError does not unwrap to the *exec.ExitError: %v", busy)
+	}
+	for _, err := range []error{run("1"), run("3"), errors.New("plain"), nil} {
+		if IsBusy(classify(err)) {
+			t.Errorf("IsBusy(classify(%v)) = true, want false", err)
+		}
+	}
+	if classify(nil) != nil {
+		t.Error("classify(nil) != nil")
+	}
+}

@@ -36,7 +36,9 @@ const DefaultWait = 5 * time.Second
 type Interface interface {
 	// Restore applies payload with "<family>tables-restore -w <wait> --noflush"
 	// (payload on stdin, no --counters). A failure the binary attributes to a
-	// payload line is returned as a wrapped *ParseError.
+	// payload line is returned as a wrapped *ParseError; any other failure
+	// with exit status 4 (lock wait expired, kernel busy) as a wrapped
+	// *BusyError.
 	Restore(ctx context.Context, payload []byte) error
 	// SaveChains lists the names of every chain of table, built-in chains
 	// included, in iptables-save order (from "-save -t table"). It is used to
@@ -44,6 +46,10 @@ type Interface interface {
 	SaveChains(ctx context.Context, table string) ([]string, error)
 	// EnsureChain creates chain in table unless it already exists.
 	EnsureChain(ctx context.Context, table, chain string) error
+	// ChainExists reports whether chain exists in table ("-S chain 1"). An
+	// error means the answer is unknown, not that the chain is missing; when
+	// the lock or a kernel resource was busy the error wraps a *BusyError.
+	ChainExists(ctx context.Context, table, chain string) (bool, error)
 	// EnsureRule inserts the rule at position 1 of chain unless an identical
 	// rule is already in the chain, at any position (-C, then -I).
 	EnsureRule(ctx context.Context, table, chain string, args ...string) error
@@ -150,7 +156,7 @@ func (r *runner) Restore(ctx context.Context, payload []byte) error {
 	if line, ok := failedLine(output); ok {
 		return fmt.Errorf("iptables restore failed: %w", &ParseError{Line: line, Output: output, Cmd: cmdLine, Err: err})
 	}
-	return fmt.Errorf("%s: %w: %s", cmdLine, err, output)
+	return fmt.Errorf("%s: %w: %s", cmdLine, classify(err), output)
 }
 
 func (r *runner) SaveChains(ctx context.Context, table string) ([]string, error) {
@@ -205,7 +211,7 @@ func (r *runner) EnsureChain(ctx context.Context, table, chain string) error {
 	// checking is one exec where "-N, then check on failure" would be two.
 	exists, err := r.ipt.ChainExists(table, chain)
 	if err != nil {
-		return fmt.Errorf("checking chain %s in table %s: %w", chain, table, err)
+		return fmt.Errorf("checking chain %s in table %s: %w", chain, table, classify(err))
 	}
 	if exists {
 		return nil
@@ -215,7 +221,7 @@ func (r *runner) EnsureChain(ctx context.Context, table, chain string) error {
 		if exists, cerr := r.ipt.ChainExists(table, chain); cerr == nil && exists {
 			return nil
 		}
-		return fmt.Errorf("creating chain %s in table %s: %w", chain, table, err)
+		return fmt.Errorf("creating chain %s in table %s: %w", chain, table, classify(err))
 	}
 	klog.FromContext(ctx).V(4).Info("Created chain", "backend", r.backend, "table", table, "chain", chain)
 	return nil
@@ -227,7 +233,7 @@ func (r *runner) EnsureRule(ctx context.Context, table, chain string, args ...st
 	}
 	exists, err := r.ipt.Exists(table, chain, args...)
 	if err != nil {
-		return fmt.Errorf("checking rule in chain %s of table %s: %w", chain, table, err)
+		return fmt.Errorf("checking rule in chain %s of table %s: %w", chain, table, classify(err))
 	}
 	if exists {
 		return nil
@@ -236,7 +242,7 @@ func (r *runner) EnsureRule(ctx context.Context, table, chain string, args ...st
 		return err
 	}
 	if err := r.ipt.Insert(table, chain, 1, args...); err != nil {
-		return fmt.Errorf("inserting rule in chain %s of table %s: %w", chain, table, err)
+		return fmt.Errorf("inserting rule in chain %s of table %s: %w", chain, table, classify(err))
 	}
 	klog.FromContext(ctx).V(4).Info("Inserted rule", "backend", r.backend, "table", table, "chain", chain, "args", args)
 	return nil
@@ -260,5 +266,19 @@ func (r *runner) DeleteRule(ctx context.Context, table, chain string, args ...st
 	if errors.As(err, &ierr) && ierr.IsNotExist() {
 		return nil
 	}
-	return fmt.Errorf("deleting rule from chain %s of table %s: %w", chain, table, err)
+	return fmt.Errorf("deleting rule from chain %s of table %s: %w", chain, table, classify(err))
+}
+
+func (r *runner) ChainExists(ctx context.Context, table, chain string) (bool, error) {
+	if err := checkCtx(ctx, "chain exists"); err != nil {
+		return false, err
+	}
+	// go-iptables lists at most the first rule ("-S chain 1"), so the check
+	// costs the same for a long chain as for an empty one, and it reads exit
+	// status 1 as "no such chain".
+	exists, err := r.ipt.ChainExists(table, chain)
+	if err != nil {
+		return false, fmt.Errorf("checking chain %s in table %s: %w", chain, table, classify(err))
+	}
+	return exists, nil
 }

@@ -30,24 +30,60 @@ func (n ServicePortName) String() string {
 	return n.NamespacedName.String() + ":" + n.Port
 }
 
-// ServicePort is one port of a Service as seen by one IP family's proxier.
+// ServicePort is one port of a Service as seen by one IP family's proxier. Address
+// lists hold this family's addresses only.
 type ServicePort struct {
 	Name      ServicePortName
 	ClusterIP netip.Addr
 	Port      int32
 	// NodePort is 0 when the service has no node port.
-	NodePort int32
+	NodePort    int32
+	ExternalIPs []netip.Addr
+	// LoadBalancerVIPs are the ingress IPs of the load balancer that deliver packets with
+	// the VIP as destination (ipMode VIP or unset); ipMode Proxy ingresses are not here.
+	LoadBalancerVIPs []netip.Addr
+	// LoadBalancerSourceRanges restricts who may use the load balancer IPs; empty means
+	// anyone (a /0 range also empties it, as upstream).
+	LoadBalancerSourceRanges []netip.Prefix
+	// StickyMaxAgeSeconds is the ClientIP session affinity timeout; 0 means no affinity.
+	StickyMaxAgeSeconds int32
+	// ExternalPolicyLocal: externalTrafficPolicy Local on an externally accessible service.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal: internalTrafficPolicy Local.
+	InternalPolicyLocal bool
+	// HealthCheckNodePort is served for LoadBalancer services with external policy Local.
+	HealthCheckNodePort int32
+}
+
+// ExternallyAccessible reports whether traffic may come from outside the cluster: through
+// a node port, a load balancer or an external IP.
+func (s *ServicePort) ExternallyAccessible() bool {
+	return s.NodePort != 0 || len(s.LoadBalancerVIPs) > 0 || len(s.ExternalIPs) > 0
+}
+
+// UsesClusterEndpoints reports whether some traffic to the service may go to any
+// endpoint in the cluster.
+func (s *ServicePort) UsesClusterEndpoints() bool {
+	return !s.InternalPolicyLocal || s.ExternallyAccessible()
+}
+
+// UsesLocalEndpoints reports whether some traffic to the service goes only to endpoints
+// on this node.
+func (s *ServicePort) UsesLocalEndpoints() bool {
+	return s.InternalPolicyLocal || (s.ExternalPolicyLocal && s.ExternallyAccessible())
 }
 
 // Endpoint is one backend of a service port, taken from an EndpointSlice.
 type Endpoint struct {
 	IP   netip.Addr
 	Port int32
-	// NodeName is the node the endpoint runs on, "" when the slice does not say.
-	NodeName    string
+	// IsLocal is true when the endpoint runs on this node.
+	IsLocal     bool
 	Ready       bool
 	Serving     bool
 	Terminating bool
+	// ZoneHints and NodeHints are the EndpointSlice topology hints (sorted).
+	ZoneHints, NodeHints []string
 }
 
 // String is "ip:port" ("[ip]:port" for IPv6): the text in comments, DNAT targets and
@@ -85,21 +121,47 @@ func (s *Snapshot) SortedServiceNames() []ServicePortName {
 	return names
 }
 
-// ReadyEndpoints picks the endpoints that should receive new connections: the ready ones,
-// or, when none is ready, those still serving while terminating (so a rolling update or
-// scale-down drains gracefully instead of rejecting).
-func ReadyEndpoints(eps []Endpoint) []Endpoint {
-	var ready, terminating []Endpoint
-	for _, ep := range eps {
-		switch {
-		case ep.Ready:
-			ready = append(ready, ep)
-		case ep.Serving && ep.Terminating:
-			terminating = append(terminating, ep)
+// Node is what rendering and endpoint selection need to know about this node.
+type Node struct {
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone label, "" when unset.
+	Zone string
+	// IP is this family's primary node IP; invalid when unknown.
+	IP netip.Addr
+}
+
+// HealthCheckNodePorts lists the health check node ports to serve, by service.
+func (s *Snapshot) HealthCheckNodePorts() map[types.NamespacedName]int32 {
+	ports := map[types.NamespacedName]int32{}
+	for _, sp := range s.Services {
+		if sp.HealthCheckNodePort != 0 {
+			ports[sp.Name.NamespacedName] = sp.HealthCheckNodePort
 		}
 	}
-	if len(ready) > 0 {
-		return ready
+	return ports
+}
+
+// LocalReadyEndpoints counts, for services with a health check node port, the distinct
+// IPs of ready endpoints on this node: what load balancers are told. Terminating
+// endpoints do not count, so a draining node stops receiving new traffic.
+func (s *Snapshot) LocalReadyEndpoints() map[types.NamespacedName]int {
+	seen := map[types.NamespacedName]map[netip.Addr]bool{}
+	for spn, sp := range s.Services {
+		if sp.HealthCheckNodePort == 0 {
+			continue
+		}
+		if seen[spn.NamespacedName] == nil {
+			seen[spn.NamespacedName] = map[netip.Addr]bool{}
+		}
+		for _, ep := range s.Endpoints[spn] {
+			if ep.IsLocal && ep.Ready {
+				seen[spn.NamespacedName][ep.IP] = true
+			}
+		}
 	}
-	return terminating
+	counts := make(map[types.NamespacedName]int, len(seen))
+	for nn, ips := range seen {
+		counts[nn] = len(ips)
+	}
+	return counts
 }

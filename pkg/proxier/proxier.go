@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/healthcheck"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/metrics"
+	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/runner"
 	"github.com/kproxy-dev/kproxy/pkg/tracker"
@@ -30,11 +32,31 @@ import (
 // drift another program caused.
 const FullSyncPeriod = time.Hour
 
+// ConntrackCleaner removes conntrack entries that still send traffic to endpoints that
+// are gone (pkg/conntrack).
+type ConntrackCleaner interface {
+	CleanStaleEntries(ctx context.Context, snap *model.Snapshot) error
+}
+
+// ServiceHealth serves the health check node ports of services (pkg/healthcheck).
+type ServiceHealth interface {
+	SyncServices(ctx context.Context, ports map[types.NamespacedName]int32) error
+	SyncEndpoints(counts map[types.NamespacedName]int)
+}
+
 // Config is what a proxier needs; every field is required unless noted.
 type Config struct {
 	Family   v1.IPFamily
 	IPTables iptables.Interface
 	Rules    rules.Options
+	// Node is this node at start; its zone may change later (SetNodeZone).
+	Node model.Node
+	// LocalAddrs lists the node's addresses of this family; it is called on every sync,
+	// but only when Rules.NodePortAddresses restricts node ports.
+	LocalAddrs func() ([]netip.Addr, error)
+	// Conntrack and ServiceHealth are optional.
+	Conntrack     ConntrackCleaner
+	ServiceHealth ServiceHealth
 	// MinSyncPeriod spaces syncs apart; SyncPeriod is the retry interval after a failure.
 	MinSyncPeriod, SyncPeriod time.Duration
 	// Health is told when syncs are queued and done; nil disables health reporting.
@@ -50,6 +72,9 @@ type Proxier struct {
 	family  string
 
 	servicesSynced, slicesSynced atomic.Bool
+	// forceFull asks the next sync to be full (external flush, node zone change).
+	forceFull atomic.Bool
+	zone      atomic.Pointer[string]
 
 	// Sync state, touched only by the runner's goroutine.
 	needFullSync bool
@@ -57,6 +82,10 @@ type Proxier struct {
 	// ownedChains are the per-service nat chains the last successful sync left behind;
 	// the next sync deletes those it no longer renders.
 	ownedChains []string
+	// largeCluster is the previous sync's large-cluster mode: it skips the hourly full
+	// sync and lists stale chains at most once per sync period.
+	largeCluster bool
+	lastChainGC  time.Time
 }
 
 // New builds a proxier; call Run to start syncing.
@@ -64,7 +93,9 @@ func New(ctx context.Context, cfg Config) *Proxier {
 	logger := klog.FromContext(ctx).WithValues("ipFamily", cfg.Family)
 	family := string(cfg.Family)
 	p := &Proxier{cfg: cfg, family: family, needFullSync: true}
-	p.tracker = tracker.New(cfg.Family, cfg.Clock.Now(), func(kind string, obj types.NamespacedName, reason, detail string) {
+	zone := cfg.Node.Zone
+	p.zone.Store(&zone)
+	p.tracker = tracker.New(cfg.Family, cfg.Node.Name, cfg.Clock.Now(), func(kind string, obj types.NamespacedName, reason, detail string) {
 		logger.Info("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
 		metrics.InvalidObjectsTotal.WithLabelValues(kind, reason).Inc()
 	})
@@ -82,6 +113,21 @@ func (p *Proxier) Run(ctx context.Context) {
 	}
 	p.requestSync()
 	p.runner.Loop(ctx)
+}
+
+// ForceFullSync makes the next sync full and requests it; the canary monitor calls it
+// when another program flushed our chains.
+func (p *Proxier) ForceFullSync() {
+	p.forceFull.Store(true)
+	p.requestSync()
+}
+
+// SetNodeZone records this node's zone label. Topology hints are evaluated against it, so
+// a change rewrites every service (a full sync).
+func (p *Proxier) SetNodeZone(zone string) {
+	if old := p.zone.Swap(&zone); *old != zone {
+		p.ForceFullSync()
+	}
 }
 
 func (p *Proxier) requestSync() {
@@ -154,7 +200,12 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		return nil
 	}
 	start := p.cfg.Clock.Now()
-	full := p.needFullSync || start.Sub(p.lastFullSync) > FullSyncPeriod
+	if p.forceFull.Swap(false) {
+		p.needFullSync = true
+	}
+	// The hourly full sync is skipped in large clusters, where it costs seconds; partial
+	// syncs keep them right, and any failure still forces a full one.
+	full := p.needFullSync || (!p.largeCluster && start.Sub(p.lastFullSync) > FullSyncPeriod)
 	defer func() {
 		elapsed := p.cfg.Clock.Since(start).Seconds()
 		metrics.SyncProxyRulesLatency.WithLabelValues(p.family).Observe(elapsed)
@@ -171,26 +222,41 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	// sync can be sure to write them.
 	p.needFullSync = true
 
-	existing := p.ownedChains
 	if full {
 		if err := p.ensureJumps(ctx); err != nil {
 			return err
 		}
-		// A full sync also looks at what is really there, to catch chains left by an
-		// earlier kproxy or kube-proxy (e.g. after a restart).
+	}
+	existing := p.ownedChains
+	// Listing the kernel's chains catches leftovers of an earlier kproxy or kube-proxy.
+	// In large clusters the listing itself is slow, so it runs at most once per period.
+	if full || !p.largeCluster || start.Sub(p.lastChainGC) > p.cfg.SyncPeriod {
 		saved, err := p.cfg.IPTables.SaveChains(ctx, "nat")
 		if err != nil {
-			logger.Error(err, "Listing nat chains failed; stale chains are kept until the next full sync")
+			logger.Error(err, "Listing nat chains failed; stale chains are kept until a later sync")
 		} else {
 			existing = saved
+			p.lastChainGC = start
 		}
 	}
+	var localAddrs []netip.Addr
+	if len(p.cfg.Rules.NodePortAddresses) > 0 {
+		addrs, err := p.cfg.LocalAddrs()
+		if err != nil {
+			return fmt.Errorf("listing local addresses for node ports: %w", err)
+		}
+		localAddrs = addrs
+	}
+	node := p.cfg.Node
+	node.Zone = *p.zone.Load()
 
 	rs := rules.Render(rules.Request{
 		Snapshot:          snap,
 		Partial:           !full,
 		Changed:           changes.Services,
 		ExistingNATChains: existing,
+		Node:              node,
+		LocalAddrs:        localAddrs,
 	}, p.cfg.Rules)
 
 	logger.V(9).Info("Restoring", "payload", string(rs.Payload))
@@ -215,9 +281,13 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.lastFullSync = now
 	}
 	p.ownedChains = rs.ActiveNATChains
+	p.largeCluster = rs.LargeCluster
 
 	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
 	metrics.IPTablesRulesTotal.WithLabelValues("nat", p.family).Set(float64(rs.NATRules))
+	for _, policy := range []string{"internal", "external"} {
+		metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(policy, p.family).Set(float64(rs.NoLocalEndpoints[policy]))
+	}
 	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(p.family).Set(float64(now.Unix()))
 	for _, t := range changes.TriggerTimes {
 		metrics.NetworkProgrammingLatency.WithLabelValues(p.family).Observe(now.Sub(t).Seconds())
@@ -225,10 +295,31 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if p.cfg.Health != nil {
 		p.cfg.Health.Updated(p.cfg.Family)
 	}
+	p.afterSync(ctx, snap, changes)
 	logger.V(2).Info("Synced rules", "full", full, "changedServices", len(changes.Services),
 		"services", len(snap.Services), "natRules", rs.NATRules, "filterRules", rs.FilterRules,
-		"deletedChains", rs.DeletedNATChains, "bytes", len(rs.Payload), "elapsed", p.cfg.Clock.Since(start))
+		"deletedChains", rs.DeletedNATChains, "bytes", len(rs.Payload), "largeCluster", rs.LargeCluster,
+		"elapsed", p.cfg.Clock.Since(start))
 	return nil
+}
+
+// afterSync does what must follow a successful restore. Its failures do not fail the
+// sync: the rules are right, and each step is retried on the next sync.
+func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot, changes tracker.Changes) {
+	logger := klog.FromContext(ctx)
+	if p.cfg.ServiceHealth != nil {
+		if err := p.cfg.ServiceHealth.SyncServices(ctx, snap.HealthCheckNodePorts()); err != nil {
+			logger.Error(err, "Some health check node ports could not be served")
+		}
+		p.cfg.ServiceHealth.SyncEndpoints(snap.LocalReadyEndpoints())
+	}
+	// Only now do the new rules send new UDP flows to live endpoints; deleting the old
+	// entries earlier would let the next packet recreate them.
+	if p.cfg.Conntrack != nil && changes.UDPEndpointsChanged {
+		if err := p.cfg.Conntrack.CleanStaleEntries(ctx, snap); err != nil {
+			logger.Error(err, "Removing stale UDP conntrack entries failed")
+		}
+	}
 }
 
 // ensureJumps makes sure the built-in chains jump into ours. Existing rules are left where

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -58,6 +57,9 @@ type Options struct {
 	// DropInvalid drops conntrack-INVALID packets in KUBE-FORWARD; off when the kernel is
 	// told to be liberal with TCP windows (nf_conntrack_tcp_be_liberal).
 	DropInvalid bool
+	// NodePortAddresses limits node ports to local addresses in these ranges; empty means
+	// every local address.
+	NodePortAddresses []netip.Prefix
 }
 
 // MasqueradeMark is the packet mark that asks KUBE-POSTROUTING to masquerade, written as
@@ -75,6 +77,12 @@ type Request struct {
 	// ExistingNATChains are nat chains that may exist from earlier syncs or from a previous
 	// proxy; those we own and no longer render are flushed and deleted in the same payload.
 	ExistingNATChains []string
+	// Node is this node: its name and zone pick local and topology-preferred endpoints,
+	// its IP lets it reach load balancers that filter sources.
+	Node model.Node
+	// LocalAddrs are the node's interface addresses of this family, used only when
+	// Options.NodePortAddresses restricts node ports.
+	LocalAddrs []netip.Addr
 }
 
 // Ruleset is the rendered result: the exact iptables-restore input and its vital counts.
@@ -88,7 +96,17 @@ type Ruleset struct {
 	ActiveNATChains []string
 	// DeletedNATChains counts stale chains the payload deletes.
 	DeletedNATChains int
+	// LargeCluster is set above LargeClusterEndpoints endpoints: per-endpoint comments are
+	// left out to keep the payload small.
+	LargeCluster bool
+	// NoLocalEndpoints counts service ports whose Local policy has no local endpoint while
+	// the service has endpoints elsewhere, by traffic policy ("internal", "external").
+	NoLocalEndpoints map[string]int
 }
+
+// LargeClusterEndpoints is the endpoint count above which the per-endpoint rule comments
+// are dropped; upstream uses the same threshold, so rule text stays identical.
+const LargeClusterEndpoints = 1000
 
 // writer accumulates one table's chain declarations and rules. A skipped writer counts
 // rules without keeping their text; partial syncs use it for unchanged services so that
@@ -141,13 +159,17 @@ type renderer struct {
 	natSvc  *writer
 	skipped writer
 	active  []string
+	node    model.Node
+	// largeCluster drops per-endpoint comments (see LargeClusterEndpoints).
+	largeCluster bool
+	noLocal      map[string]int
 }
 
 // Render turns a snapshot into the iptables-restore payload for one IP family.
 func Render(req Request, opts Options) *Ruleset {
-	r := &renderer{opts: opts, mark: opts.MasqueradeMark()}
+	r := &renderer{opts: opts, mark: opts.MasqueradeMark(), node: req.Node, noLocal: map[string]int{}}
 	r.skipped.skip = true
-	r.presize(req.Snapshot)
+	r.largeCluster = r.presize(req.Snapshot) > LargeClusterEndpoints
 
 	r.writeFixedChains()
 	for _, name := range req.Snapshot.SortedServiceNames() {
@@ -159,7 +181,7 @@ func Render(req Request, opts Options) *Ruleset {
 	}
 	sort.Strings(r.active)
 	deleted := r.writeStaleChainDeletions(req.ExistingNATChains)
-	r.writeNodePortsTail()
+	r.writeNodePortsTail(req.LocalAddrs)
 	r.writeForwardRules()
 
 	payload := make([]byte, 0, len(r.filter.chains)+len(r.filter.rules)+len(r.nat.chains)+len(r.nat.rules)+32)
@@ -176,13 +198,16 @@ func Render(req Request, opts Options) *Ruleset {
 		NATRules:         r.nat.count + r.skipped.count,
 		ActiveNATChains:  r.active,
 		DeletedNATChains: deleted,
+		LargeCluster:     r.largeCluster,
+		NoLocalEndpoints: r.noLocal,
 	}
 }
 
 // presize reserves buffer space from the snapshot's size, so that rendering a large
 // cluster does not spend its time copying buffers as they grow. The figures are rough
 // per-rule byte counts of typical rules; overshooting costs only untouched memory.
-func (r *renderer) presize(snap *model.Snapshot) {
+// It returns the number of endpoints.
+func (r *renderer) presize(snap *model.Snapshot) int {
 	endpoints := 0
 	for _, eps := range snap.Endpoints {
 		endpoints += len(eps)
@@ -192,6 +217,7 @@ func (r *renderer) presize(snap *model.Snapshot) {
 	r.nat.rules = make([]byte, 0, 180*(4*services+3*endpoints)+4096)
 	r.filter.rules = make([]byte, 0, 4096)
 	r.active = make([]string, 0, 2*services+endpoints)
+	return endpoints
 }
 
 // writeFixedChains declares every chain we own in both tables (so each sync flushes and
@@ -224,100 +250,6 @@ func (r *renderer) localhostNodePorts() bool {
 	return r.opts.LocalhostNodePorts && r.opts.Family != v1.IPv6Protocol
 }
 
-func (r *renderer) protocol(p v1.Protocol) string { return strings.ToLower(string(p)) }
-
-// writeServicePort writes everything one service port needs: dispatch from
-// KUBE-SERVICES/KUBE-NODEPORTS, its SVC and EXT chains, one SEP chain per endpoint, or
-// the filter REJECT rules when it has no endpoint to send traffic to.
-func (r *renderer) writeServicePort(svc *model.ServicePort, all []model.Endpoint) {
-	name := svc.Name.String()
-	proto := r.protocol(svc.Name.Protocol)
-	clusterIP := svc.ClusterIP.String()
-	port := strconv.Itoa(int(svc.Port))
-	nodePort := strconv.Itoa(int(svc.NodePort))
-	endpoints := model.ReadyEndpoints(all)
-
-	if len(endpoints) == 0 {
-		// REJECT answers at once (ICMP port unreachable / TCP RST) instead of letting the
-		// client time out; it lives in filter because nat cannot reject.
-		comment := name + " has no endpoints"
-		r.filter.rule(ChainServices, "-m", "comment", "--comment", comment,
-			"-m", proto, "-p", proto, "-d", clusterIP, "--dport", port, "-j", "REJECT")
-		if svc.NodePort != 0 {
-			r.filter.rule(ChainExternalServices, "-m", "comment", "--comment", comment,
-				"-m", "addrtype", "--dst-type", "LOCAL", "-m", proto, "-p", proto, "--dport", nodePort, "-j", "REJECT")
-		}
-		return
-	}
-
-	svcChain := ServiceChain(svc.Name)
-	r.natSvc.chain(svcChain)
-	r.active = append(r.active, svcChain)
-	clusterComment := name + " cluster IP"
-	r.nat.rule(ChainServices, "-m", "comment", "--comment", clusterComment,
-		"-m", proto, "-p", proto, "-d", clusterIP, "--dport", port, "-j", svcChain)
-
-	if svc.NodePort != 0 {
-		extChain := ExternalChain(svc.Name)
-		r.natSvc.chain(extChain)
-		r.active = append(r.active, extChain)
-		r.nat.rule(ChainNodePorts, "-m", "comment", "--comment", name,
-			"-m", proto, "-p", proto, "--dport", nodePort, "-j", extChain)
-		// Traffic from outside the node must be masqueraded so that replies come back
-		// through this node, where the DNAT is undone.
-		r.natSvc.rule(extChain, "-m", "comment", "--comment", "masquerade traffic for "+name+" external destinations",
-			"-j", ChainMarkMasq)
-		r.natSvc.rule(extChain, "-j", svcChain)
-	}
-
-	// Cluster-IP traffic from outside the pod network (e.g. from the node itself) must be
-	// masqueraded for the reply to find its way back. Without a way to tell pod traffic
-	// apart, upstream writes no such rule unless everything is masqueraded.
-	switch {
-	case r.opts.MasqueradeAll:
-		r.natSvc.rule(svcChain, "-m", "comment", "--comment", clusterComment,
-			"-m", proto, "-p", proto, "-d", clusterIP, "--dport", port, "-j", ChainMarkMasq)
-	case r.opts.LocalDetector.Implemented():
-		args := []string{"-m", "comment", "--comment", clusterComment,
-			"-m", proto, "-p", proto, "-d", clusterIP, "--dport", port}
-		args = append(args, r.opts.LocalDetector.IfNotLocal...)
-		r.natSvc.rule(svcChain, append(args, "-j", ChainMarkMasq)...)
-	}
-
-	r.writeEndpoints(svc, svcChain, proto, endpoints)
-}
-
-// writeEndpoints spreads new connections evenly: rule i of n matches with probability
-// 1/(n-i), so every endpoint gets 1/n of them, and the last rule always matches.
-func (r *renderer) writeEndpoints(svc *model.ServicePort, svcChain, proto string, endpoints []model.Endpoint) {
-	name := svc.Name.String()
-	n := len(endpoints)
-	for i, ep := range endpoints {
-		epString := ep.String()
-		sepChain := EndpointChain(svc.Name, epString)
-		r.natSvc.chain(sepChain)
-		r.active = append(r.active, sepChain)
-
-		comment := name + " -> " + epString
-		if i < n-1 {
-			r.natSvc.rule(svcChain, "-m", "comment", "--comment", comment,
-				"-m", "statistic", "--mode", "random", "--probability", Probability(n-i), "-j", sepChain)
-		} else {
-			r.natSvc.rule(svcChain, "-m", "comment", "--comment", comment, "-j", sepChain)
-		}
-
-		// Hairpin: a pod reaching itself through the service must be masqueraded, or it
-		// would answer its own packet directly and the client would drop the reply.
-		r.natSvc.rule(sepChain, "-m", "comment", "--comment", name, "-s", ep.IP.String(), "-j", ChainMarkMasq)
-		r.natSvc.rule(sepChain, "-m", "comment", "--comment", name,
-			"-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", epString)
-	}
-}
-
-// Probability is the statistic-match probability string for picking one of n endpoints,
-// formatted as upstream formats it so rule text is identical.
-func Probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
-
 // writeStaleChainDeletions flushes and deletes owned chains that exist but are no longer
 // rendered. Declaring a chain flushes it, so its jumps to other stale chains are gone
 // before any of them is deleted, all within one atomic commit.
@@ -340,19 +272,35 @@ func (r *renderer) writeStaleChainDeletions(existing []string) int {
 	return len(stale)
 }
 
-// writeNodePortsTail sends traffic addressed to one of the node's own addresses on to
-// KUBE-NODEPORTS. It must stay the last rule of KUBE-SERVICES: cluster and external IPs
-// are matched first.
-func (r *renderer) writeNodePortsTail() {
-	args := []string{"-m", "comment", "--comment", "kubernetes service nodeports; NOTE: this must be the last rule in this chain",
-		"-m", "addrtype", "--dst-type", "LOCAL"}
-	switch {
-	case r.opts.Family == v1.IPv6Protocol:
-		args = append(args, "!", "-d", "::1/128")
-	case !r.opts.LocalhostNodePorts:
-		args = append(args, "!", "-d", "127.0.0.0/8")
+// writeNodePortsTail sends traffic addressed to the node on to KUBE-NODEPORTS. It must
+// stay the last rule of KUBE-SERVICES: cluster, external and load balancer IPs are
+// matched first.
+func (r *renderer) writeNodePortsTail(localAddrs []netip.Addr) {
+	comment := []string{"-m", "comment", "--comment", "kubernetes service nodeports; NOTE: this must be the last rule in this chain"}
+	if len(r.opts.NodePortAddresses) == 0 {
+		args := append(comment, "-m", "addrtype", "--dst-type", "LOCAL")
+		switch {
+		case r.opts.Family == v1.IPv6Protocol:
+			args = append(args, "!", "-d", "::1/128")
+		case !r.opts.LocalhostNodePorts:
+			args = append(args, "!", "-d", "127.0.0.0/8")
+		}
+		r.nat.rule(ChainServices, append(args, "-j", ChainNodePorts)...)
+		return
 	}
-	r.nat.rule(ChainServices, append(args, "-j", ChainNodePorts)...)
+	addrs := append([]netip.Addr(nil), localAddrs...)
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+	for _, a := range addrs {
+		if a.IsLoopback() && !r.localhostNodePorts() {
+			continue
+		}
+		for _, p := range r.opts.NodePortAddresses {
+			if p.Contains(a) {
+				r.nat.rule(ChainServices, append(comment, "-d", a.String(), "-j", ChainNodePorts)...)
+				break
+			}
+		}
+	}
 }
 
 // writeForwardRules lets forwarded service traffic through a host firewall whose FORWARD

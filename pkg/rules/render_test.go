@@ -57,9 +57,9 @@ func (b *snapshotBuilder) svc(ns, name, port string, proto v1.Protocol, clusterI
 
 // applied renders the snapshot and applies it, with the built-in jumps, to the tables of
 // a fresh node, which is what the kernel would hold after the first sync.
-func applied(t *testing.T, snap *model.Snapshot, opts rules.Options) (rulestest.Tables, *rules.Ruleset) {
+func applied(t *testing.T, req rules.Request, opts rules.Options) (rulestest.Tables, *rules.Ruleset) {
 	t.Helper()
-	rs := rules.Render(rules.Request{Snapshot: snap}, opts)
+	rs := rules.Render(req, opts)
 	tables := rulestest.NewTables()
 	if err := tables.Apply(rs.Payload); err != nil {
 		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload)
@@ -154,4 +154,48 @@ func TestLocalDetectors(t *testing.T) {
 			t.Errorf("payload lacks %q:\n%s", tc.want, rs.Payload)
 		}
 	}
+}
+
+// port adds a service port built by the caller (for the fields svc does not cover) with
+// the given endpoints.
+func (b *snapshotBuilder) port(sp *model.ServicePort, eps ...model.Endpoint) {
+	b.snap.Services[sp.Name] = sp
+	model.SortEndpoints(eps)
+	if len(eps) > 0 {
+		b.snap.Endpoints[sp.Name] = eps
+	}
+}
+
+// spn names port p80/TCP of ns/name, upstream's usual fixture port.
+func spn(ns, name string) model.ServicePortName {
+	return model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}, Port: "p80", Protocol: v1.ProtocolTCP}
+}
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+// epOpt tweaks an endpoint made by ep.
+type epOpt func(*model.Endpoint)
+
+var (
+	local       epOpt = func(e *model.Endpoint) { e.IsLocal = true }
+	terminating epOpt = func(e *model.Endpoint) { e.Ready, e.Serving, e.Terminating = false, true, true }
+	notReady    epOpt = func(e *model.Endpoint) { e.Ready, e.Serving = false, false }
+)
+
+func zoneHints(z ...string) epOpt { return func(e *model.Endpoint) { e.ZoneHints = z } }
+
+// ep is a ready, serving endpoint "ip:port" on another node unless opts say otherwise.
+func ep(addrPort string, opts ...epOpt) model.Endpoint {
+	ap := netip.MustParseAddrPort(addrPort)
+	e := model.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true}
+	for _, o := range opts {
+		o(&e)
+	}
+	return e
 }

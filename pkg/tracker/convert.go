@@ -24,7 +24,13 @@ const (
 	ReasonBadAddress     = "bad_address"
 	ReasonWrongFamily    = "wrong_family"
 	ReasonNoServiceLabel = "no_service_label"
+	ReasonBadExternalIP  = "bad_external_ip"
+	ReasonBadIngressIP   = "bad_ingress_ip"
+	ReasonBadSourceRange = "bad_source_range"
 )
+
+// defaultStickyMaxAgeSeconds is the API's default ClientIP affinity timeout (3 hours).
+const defaultStickyMaxAgeSeconds = 10800
 
 // Kinds of objects counted when skipped.
 const (
@@ -111,6 +117,7 @@ func convertService(svc *v1.Service, family v1.IPFamily, invalid Invalid) []*mod
 	if !ok {
 		return nil
 	}
+	shared := serviceWide(svc, nn, family, invalid)
 	ports := make([]*model.ServicePort, 0, len(svc.Spec.Ports))
 	for _, p := range svc.Spec.Ports {
 		switch {
@@ -124,17 +131,82 @@ func convertService(svc *v1.Service, family v1.IPFamily, invalid Invalid) []*mod
 			invalid(KindService, nn, ReasonBadPort, p.Name)
 			continue
 		}
-		ports = append(ports, &model.ServicePort{
-			Name:      model.ServicePortName{NamespacedName: nn, Port: p.Name, Protocol: p.Protocol},
-			ClusterIP: clusterIP,
-			Port:      p.Port,
-			NodePort:  p.NodePort,
-		})
+		sp := shared
+		sp.Name = model.ServicePortName{NamespacedName: nn, Port: p.Name, Protocol: p.Protocol}
+		sp.ClusterIP = clusterIP
+		sp.Port = p.Port
+		sp.NodePort = p.NodePort
+		ports = append(ports, &sp)
 	}
 	if len(ports) == 0 {
 		return nil
 	}
 	return ports
+}
+
+// serviceWide converts the settings all ports of a service share. The address lists are
+// shared (read-only) by the ports' values.
+func serviceWide(svc *v1.Service, nn types.NamespacedName, family v1.IPFamily, invalid Invalid) model.ServicePort {
+	var sp model.ServicePort
+	for _, s := range svc.Spec.ExternalIPs {
+		a, ok := parseAddr(s)
+		if !ok {
+			invalid(KindService, nn, ReasonBadExternalIP, s)
+			continue
+		}
+		if familyOf(a) == family {
+			sp.ExternalIPs = append(sp.ExternalIPs, a)
+		}
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		// A Proxy-mode load balancer rewrites the destination itself; capturing its IP
+		// here would bypass it (and the features it provides, e.g. PROXY protocol).
+		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP) {
+			continue
+		}
+		a, ok := parseAddr(ing.IP)
+		if !ok {
+			invalid(KindService, nn, ReasonBadIngressIP, ing.IP)
+			continue
+		}
+		if familyOf(a) == family {
+			sp.LoadBalancerVIPs = append(sp.LoadBalancerVIPs, a)
+		}
+	}
+	for _, r := range svc.Spec.LoadBalancerSourceRanges {
+		r = strings.TrimSpace(r)
+		_, ipnet, err := netutils.ParseCIDRSloppy(r)
+		if err != nil {
+			invalid(KindService, nn, ReasonBadSourceRange, r)
+			continue
+		}
+		ones, _ := ipnet.Mask.Size()
+		addr, _ := netip.AddrFromSlice(ipnet.IP)
+		prefix := netip.PrefixFrom(addr.Unmap(), ones)
+		if familyOf(prefix.Addr()) != family {
+			continue
+		}
+		if ones == 0 {
+			// Any /0 range lets everyone in: no filtering at all.
+			sp.LoadBalancerSourceRanges = nil
+			break
+		}
+		sp.LoadBalancerSourceRanges = append(sp.LoadBalancerSourceRanges, prefix)
+	}
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		sp.StickyMaxAgeSeconds = defaultStickyMaxAgeSeconds
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			sp.StickyMaxAgeSeconds = *c.ClientIP.TimeoutSeconds
+		}
+	}
+	externallyAccessible := svc.Spec.Type == v1.ServiceTypeLoadBalancer || svc.Spec.Type == v1.ServiceTypeNodePort ||
+		len(svc.Spec.ExternalIPs) > 0
+	sp.ExternalPolicyLocal = externallyAccessible && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	sp.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer && sp.ExternalPolicyLocal {
+		sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+	}
+	return sp
 }
 
 // sliceEndpoints is what one EndpointSlice contributes: endpoints per service port.
@@ -148,7 +220,7 @@ func serviceOfSlice(slice *discovery.EndpointSlice) (types.NamespacedName, bool)
 
 // convertSlice extracts this family's endpoints from a slice, skipping (and reporting)
 // malformed ports and addresses.
-func convertSlice(slice *discovery.EndpointSlice, svc types.NamespacedName, family v1.IPFamily, invalid Invalid) sliceEndpoints {
+func convertSlice(slice *discovery.EndpointSlice, svc types.NamespacedName, family v1.IPFamily, nodeName string, invalid Invalid) sliceEndpoints {
 	out := sliceEndpoints{}
 	report := func(reason, detail string) {
 		invalid(KindEndpointSlice, types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, reason, detail)
@@ -175,8 +247,16 @@ func convertSlice(slice *discovery.EndpointSlice, svc types.NamespacedName, fami
 			Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
 			Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
 		}
-		if ep.NodeName != nil {
-			e.NodeName = *ep.NodeName
+		e.IsLocal = ep.NodeName != nil && *ep.NodeName == nodeName && nodeName != ""
+		if ep.Hints != nil {
+			for _, z := range ep.Hints.ForZones {
+				e.ZoneHints = append(e.ZoneHints, z.Name)
+			}
+			for _, n := range ep.Hints.ForNodes {
+				e.NodeHints = append(e.NodeHints, n.Name)
+			}
+			sort.Strings(e.ZoneHints)
+			sort.Strings(e.NodeHints)
 		}
 		eps = append(eps, e)
 	}

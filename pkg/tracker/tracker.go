@@ -25,12 +25,16 @@ type Changes struct {
 	// TriggerTimes are the EndpointSlice last-change-trigger-times of the changes, for the
 	// network-programming latency metric.
 	TriggerTimes []time.Time
+	// UDPEndpointsChanged reports an endpoint change on a service with a UDP port: stale
+	// UDP conntrack entries may now point at endpoints that are gone.
+	UDPEndpointsChanged bool
 }
 
 // Tracker keeps one IP family's view of services and their endpoints.
 type Tracker struct {
-	family  v1.IPFamily
-	invalid Invalid
+	family   v1.IPFamily
+	nodeName string
+	invalid  Invalid
 	started time.Time
 
 	mu sync.Mutex
@@ -48,11 +52,13 @@ type Tracker struct {
 	endpoints map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint
 }
 
-// New returns an empty tracker for one family. invalid is told about every skipped part
-// of an object; trigger times older than started are ignored (they predate us).
-func New(family v1.IPFamily, started time.Time, invalid Invalid) *Tracker {
+// New returns an empty tracker for one family. Endpoints on nodeName are local. invalid is
+// told about every skipped part of an object; trigger times older than started are
+// ignored (they predate us).
+func New(family v1.IPFamily, nodeName string, started time.Time, invalid Invalid) *Tracker {
 	return &Tracker{
 		family:          family,
+		nodeName:        nodeName,
 		invalid:         invalid,
 		started:         started,
 		pendingServices: map[types.NamespacedName][]*model.ServicePort{},
@@ -93,7 +99,7 @@ func (t *Tracker) EndpointSliceChanged(slice *discovery.EndpointSlice, deleted b
 	}
 	var eps sliceEndpoints
 	if !deleted {
-		eps = convertSlice(slice, svc, t.family, t.invalid)
+		eps = convertSlice(slice, svc, t.family, t.nodeName, t.invalid)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -187,6 +193,7 @@ func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 			continue
 		}
 		ch.Services[nn] = true
+		ch.UDPEndpointsChanged = ch.UDPEndpointsChanged || hasUDP(t.endpoints[nn]) || hasUDP(merged)
 		if merged == nil {
 			delete(t.endpoints, nn)
 		} else {
@@ -221,4 +228,13 @@ func (t *Tracker) snapshot() *model.Snapshot {
 		}
 	}
 	return snap
+}
+
+func hasUDP(eps map[model.ServicePortName][]model.Endpoint) bool {
+	for spn := range eps {
+		if spn.Protocol == v1.ProtocolUDP {
+			return true
+		}
+	}
+	return false
 }

@@ -93,7 +93,7 @@ func names(ch Changes) string {
 
 func TestServicesAndSlicesMergeIntoSnapshot(t *testing.T) {
 	rec := &recorder{}
-	tr := New(v1.IPv4Protocol, time.Time{}, rec.invalid)
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, rec.invalid)
 	tr.ServiceChanged(service("ns1", "web", []string{"172.30.0.1"}, port("http", v1.ProtocolTCP, 80), port("dns", v1.ProtocolUDP, 53)), false)
 	tr.EndpointSliceChanged(slice("ns1", "web-a", "web", discovery.AddressTypeIPv4,
 		[]discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: "10.0.0.2", ready: true}, ep{addr: "10.0.0.1", term: true}), false)
@@ -148,7 +148,7 @@ func TestServicesAndSlicesMergeIntoSnapshot(t *testing.T) {
 }
 
 func TestServicesWithoutRules(t *testing.T) {
-	tr := New(v1.IPv4Protocol, time.Time{}, (&recorder{}).invalid)
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
 	headless := service("ns", "headless", []string{v1.ClusterIPNone}, port("p", v1.ProtocolTCP, 80))
 	external := service("ns", "ext", []string{""}, port("p", v1.ProtocolTCP, 80))
 	external.Spec.Type = v1.ServiceTypeExternalName
@@ -167,7 +167,7 @@ func TestServicesWithoutRules(t *testing.T) {
 // skipped, and everything else in the same objects is kept.
 func TestBadInputIsSkippedLocally(t *testing.T) {
 	rec := &recorder{}
-	tr := New(v1.IPv4Protocol, time.Time{}, rec.invalid)
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, rec.invalid)
 	tr.ServiceChanged(service("ns", "svc", []string{"172.30.0.041"}, // leading zero: read as decimal, as upstream
 		port("good", v1.ProtocolTCP, 80),
 		port(`bad "quoted"`, v1.ProtocolTCP, 81),
@@ -217,7 +217,7 @@ func TestBadInputIsSkippedLocally(t *testing.T) {
 
 func TestTriggerTimes(t *testing.T) {
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tr := New(v1.IPv4Protocol, start, (&recorder{}).invalid)
+	tr := New(v1.IPv4Protocol, "node-1", start, (&recorder{}).invalid)
 	mk := func(name string, at time.Time, addr string) *discovery.EndpointSlice {
 		s := slice("ns", name, "svc", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("p", 80)}, ep{addr: addr, ready: true})
 		s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: at.Format(time.RFC3339Nano)}
@@ -233,5 +233,94 @@ func TestTriggerTimes(t *testing.T) {
 	tr.EndpointSliceChanged(mk("b", start.Add(2*time.Second), "10.0.0.2"), false)
 	if _, ch := tr.Checkpoint(); len(ch.TriggerTimes) != 0 {
 		t.Errorf("no-op change produced trigger times %v", ch.TriggerTimes)
+	}
+}
+
+func TestServiceFeatureConversion(t *testing.T) {
+	proxy, vip := v1.LoadBalancerIPModeProxy, v1.LoadBalancerIPModeVIP
+	local := v1.ServiceInternalTrafficPolicyLocal
+	svc := service("ns", "lb", []string{"172.30.0.1"}, v1.ServicePort{Name: "p", Protocol: v1.ProtocolTCP, Port: 80, NodePort: 30080})
+	svc.Spec.Type = v1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalIPs = []string{"192.168.99.11", "2001:db8::1", "bogus"}
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	svc.Spec.InternalTrafficPolicy = &local
+	svc.Spec.HealthCheckNodePort = 30000
+	svc.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	svc.Spec.LoadBalancerSourceRanges = []string{" 203.0.113.0/25", "2001:db8::/64", "192.168.0.0/024"}
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{
+		{IP: "1.2.3.4"}, {IP: "5.6.7.8", IPMode: &vip}, {IP: "9.10.11.12", IPMode: &proxy}, {Hostname: "lb.example.com"},
+	}
+	rec := &recorder{}
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, rec.invalid)
+	tr.ServiceChanged(svc, false)
+	snap, _ := tr.Checkpoint()
+	var sp *model.ServicePort
+	for _, p := range snap.Services {
+		sp = p
+	}
+	got := fmt.Sprintf("ext=%v lb=%v ranges=%v sticky=%d etpLocal=%t itpLocal=%t hcnp=%d",
+		sp.ExternalIPs, sp.LoadBalancerVIPs, sp.LoadBalancerSourceRanges, sp.StickyMaxAgeSeconds,
+		sp.ExternalPolicyLocal, sp.InternalPolicyLocal, sp.HealthCheckNodePort)
+	want := "ext=[192.168.99.11] lb=[1.2.3.4 5.6.7.8] ranges=[203.0.113.0/25 192.168.0.0/24] sticky=10800 etpLocal=true itpLocal=true hcnp=30000"
+	if got != want {
+		t.Errorf("converted\n  %s\nwant\n  %s", got, want)
+	}
+	if strings.Join(rec.got, ";") != "Service ns/lb bad_external_ip" {
+		t.Errorf("reports %v", rec.got)
+	}
+
+	// A /0 range means no filtering; eTP Local on a plain ClusterIP service means nothing.
+	svc2 := service("ns", "open", []string{"172.30.0.2"}, port("p", v1.ProtocolTCP, 80))
+	svc2.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/8", "0.0.0.0/0"}
+	svc2.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	svc2.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	svc2.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](60)}}
+	tr.ServiceChanged(svc2, false)
+	snap, _ = tr.Checkpoint()
+	for spn, p := range snap.Services {
+		if spn.Name != "open" {
+			continue
+		}
+		if len(p.LoadBalancerSourceRanges) != 0 || p.ExternalPolicyLocal || p.StickyMaxAgeSeconds != 60 {
+			t.Errorf("open service: ranges=%v etpLocal=%t sticky=%d", p.LoadBalancerSourceRanges, p.ExternalPolicyLocal, p.StickyMaxAgeSeconds)
+		}
+	}
+}
+
+func TestEndpointLocalityAndHints(t *testing.T) {
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+	s := slice("ns", "svc-1", "svc", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("p", 80)},
+		ep{addr: "10.0.0.1", node: "node-1", ready: true}, ep{addr: "10.0.0.2", node: "node-2", ready: true}, ep{addr: "10.0.0.3", ready: true})
+	s.Endpoints[0].Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: "b"}, {Name: "a"}}, ForNodes: []discovery.ForNode{{Name: "node-1"}}}
+	tr.EndpointSliceChanged(s, false)
+	snap, _ := tr.Checkpoint()
+	var got []string
+	for _, eps := range snap.Endpoints {
+		for _, e := range eps {
+			got = append(got, fmt.Sprintf("%s local=%t zones=%v nodes=%v", e.IP, e.IsLocal, e.ZoneHints, e.NodeHints))
+		}
+	}
+	want := []string{"10.0.0.1 local=true zones=[a b] nodes=[node-1]", "10.0.0.2 local=false zones=[] nodes=[]", "10.0.0.3 local=false zones=[] nodes=[]"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("endpoints:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestUDPEndpointChangesAreFlagged(t *testing.T) {
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+	udp := slice("ns", "dns-1", "dns", discovery.AddressTypeIPv4,
+		[]discovery.EndpointPort{{Name: ptr.To("dns"), Port: ptr.To[int32](53), Protocol: ptr.To(v1.ProtocolUDP)}}, ep{addr: "10.0.0.1", ready: true})
+	tcp := slice("ns", "web-1", "web", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("http", 80)}, ep{addr: "10.0.0.2", ready: true})
+	tr.EndpointSliceChanged(tcp, false)
+	if _, ch := tr.Checkpoint(); ch.UDPEndpointsChanged {
+		t.Error("a TCP-only change asked for conntrack cleanup")
+	}
+	tr.EndpointSliceChanged(udp, false)
+	if _, ch := tr.Checkpoint(); !ch.UDPEndpointsChanged {
+		t.Error("a UDP endpoint change did not ask for conntrack cleanup")
+	}
+	tr.EndpointSliceChanged(udp, true)
+	if _, ch := tr.Checkpoint(); !ch.UDPEndpointsChanged {
+		t.Error("deleting UDP endpoints did not ask for conntrack cleanup")
 	}
 }

@@ -14,6 +14,9 @@
 //   - A jump to a missing chain is reported at the table's COMMIT line, as
 //     iptables-nft-restore does (iptables-legacy-restore blames the -A line).
 //   - Match and target extensions are not validated.
+//   - SetLockHeld stands in for another program holding the xtables lock
+//     past --wait: every command that takes the lock fails with a
+//     *iptables.BusyError until it is released.
 package fake
 
 import (
@@ -46,6 +49,8 @@ type Fake struct {
 	// failures are returned, in order, by the next Restore calls instead of
 	// applying their payloads.
 	failures []error
+	// lockHeld makes every command that takes the xtables lock fail as busy.
+	lockHeld bool
 }
 
 var _ iptables.Interface = (*Fake)(nil)
@@ -86,6 +91,27 @@ func (f *Fake) FailNextRestore(err error) {
 	f.failures = append(f.failures, err)
 }
 
+// SetLockHeld sets whether another program holds the xtables lock. While it
+// is held, Restore, EnsureChain, ChainExists, EnsureRule and DeleteRule fail
+// with a wrapped *iptables.BusyError and change nothing, as the real commands
+// do when --wait expires; SaveChains takes no lock and keeps working.
+func (f *Fake) SetLockHeld(held bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lockHeld = held
+}
+
+// busy returns the error a command that needs the lock fails with, or nil
+// when the lock is free. Callers hold f.mu.
+func (f *Fake) busy(cmd string) error {
+	if !f.lockHeld {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", cmd, &iptables.BusyError{
+		Err: errors.New("another app is currently holding the xtables lock; stopped waiting"),
+	})
+}
+
 // RestoreCalls counts Restore calls, failed ones included.
 func (f *Fake) RestoreCalls() int {
 	f.mu.Lock()
@@ -115,6 +141,9 @@ func (f *Fake) Restore(ctx context.Context, payload []byte) error {
 	if len(f.failures) > 0 {
 		err := f.failures[0]
 		f.failures = f.failures[1:]
+		return err
+	}
+	if err := f.busy(restoreCmd); err != nil {
 		return err
 	}
 	if err := f.tables.Apply(payload); err != nil {
@@ -171,6 +200,9 @@ func (f *Fake) EnsureChain(ctx context.Context, table, chain string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.busy("fake iptables -N"); err != nil {
+		return err
+	}
 	tb, ok := f.tables[table]
 	if !ok {
 		return fmt.Errorf("fake iptables -t %s -N %s: table does not exist", table, chain)
@@ -189,6 +221,9 @@ func (f *Fake) EnsureRule(ctx context.Context, table, chain string, args ...stri
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.busy("fake iptables -I"); err != nil {
+		return err
+	}
 	rules, err := f.chain(table, chain)
 	if err != nil {
 		return err
@@ -211,6 +246,9 @@ func (f *Fake) DeleteRule(ctx context.Context, table, chain string, args ...stri
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.busy("fake iptables -D"); err != nil {
+		return err
+	}
 	rules, err := f.chain(table, chain)
 	if err != nil {
 		return nil // a missing table or chain holds no rule to delete
@@ -224,6 +262,25 @@ func (f *Fake) DeleteRule(ctx context.Context, table, chain string, args ...stri
 		}
 	}
 	return nil
+}
+
+// ChainExists implements iptables.Interface. An unknown table is an error,
+// as it is for iptables.
+func (f *Fake) ChainExists(ctx context.Context, table, chain string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("fake iptables -S: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.busy("fake iptables -S"); err != nil {
+		return false, err
+	}
+	tb, ok := f.tables[table]
+	if !ok {
+		return false, fmt.Errorf("fake iptables -t %s -S %s: table does not exist", table, chain)
+	}
+	_, ok = tb.Chains[chain]
+	return ok, nil
 }
 
 // chain returns the rules of table's chain, or an error worded like
