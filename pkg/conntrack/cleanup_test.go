@@ -126,7 +126,10 @@ func deletedTotal(t *testing.T, family v1.IPFamily) float64 {
 func durationCount(t *testing.T, family v1.IPFamily) uint64 {
 	t.Helper()
 	var m dto.Metric
-	h := metrics.ConntrackReconcilerSyncDuration.WithLabelValues(string(family)).(prometheus.Histogram)
+	h, ok := metrics.ConntrackReconcilerSyncDuration.WithLabelValues(string(family)).(prometheus.Histogram)
+	if !ok {
+		t.Fatal("conntrack_reconciler_sync_duration_seconds is not a histogram")
+	}
 	if err := h.Write(&m); err != nil {
 		t.Fatalf("reading the duration histogram: %v", err)
 	}

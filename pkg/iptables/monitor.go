@@ -58,7 +58,12 @@ const (
 // It logs through the logger in ctx and never returns an error: flush
 // detection is best effort and must not stop the proxy.
 func Monitor(ctx context.Context, ipt Interface, canary string, tables []string, reloadFunc func(), interval time.Duration, clk clock.Clock) {
-	logger := klog.FromContext(ctx).WithValues("ipFamily", ipt.Family(), "chain", canary)
+	logger := klog.FromContext(ctx)
+	if ipt == nil || clk == nil {
+		logger.Error(nil, "Not monitoring for iptables flushes: no iptables Interface or clock")
+		return
+	}
+	logger = logger.WithValues("ipFamily", ipt.Family(), "chain", canary)
 	ctx = klog.NewContext(ctx, logger)
 	if len(tables) == 0 || canary == "" || reloadFunc == nil || interval <= 0 {
 		logger.Error(nil, "Not monitoring for iptables flushes: invalid arguments",

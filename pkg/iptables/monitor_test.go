@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,6 +42,13 @@ type monitorHarness struct {
 // not nil, runs before Monitor starts.
 func startMonitor(t *testing.T, setup func(*fake.Fake)) *monitorHarness {
 	t.Helper()
+	return startMonitorWith(t, setup, nil)
+}
+
+// startMonitorWith is startMonitor with wrap, if not nil, wrapping the fake
+// that Monitor is given.
+func startMonitorWith(t *testing.T, setup func(*fake.Fake), wrap func(*fake.Fake) iptables.Interface) *monitorHarness {
+	t.Helper()
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
 	h := &monitorHarness{
 		t:   t,
@@ -51,11 +59,15 @@ func startMonitor(t *testing.T, setup func(*fake.Fake)) *monitorHarness {
 	if setup != nil {
 		setup(h.ipt)
 	}
+	var ipt iptables.Interface = h.ipt
+	if wrap != nil {
+		ipt = wrap(h.ipt)
+	}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		iptables.Monitor(ctx, h.ipt, iptables.CanaryChain, canaryTables, h.reload, monitorInterval, h.clk)
+		iptables.Monitor(ctx, ipt, iptables.CanaryChain, canaryTables, h.reload, monitorInterval, h.clk)
 	}()
 	// Registered after the logger's own cleanup, so it runs first: Monitor
 	// has returned before the logger stops.
@@ -277,6 +289,39 @@ func TestMonitorIgnoresBusyWhileWaitingForFlush(t *testing.T) {
 	h.deleteCanaries("nat", "filter")
 	h.step(100 * time.Millisecond)
 	h.wantReloads(2)
+	h.wantCanaries(canaryTables...)
+}
+
+// brokenChainExists is a fake whose ChainExists fails, while broken is set,
+// the way a broken iptables binary would: neither an answer nor busy.
+type brokenChainExists struct {
+	*fake.Fake
+	broken atomic.Bool
+}
+
+func (b *brokenChainExists) ChainExists(ctx context.Context, table, chain string) (bool, error) {
+	if b.broken.Load() {
+		return false, fmt.Errorf("iptables -t %s -S %s 1: exit status 2: unknown option", table, chain)
+	}
+	return b.Fake.ChainExists(ctx, table, chain)
+}
+
+func TestMonitorTreatsOtherErrorsAsDeleted(t *testing.T) {
+	var b *brokenChainExists
+	h := startMonitorWith(t, nil, func(f *fake.Fake) iptables.Interface {
+		b = &brokenChainExists{Fake: f}
+		return b
+	})
+
+	// As kube-proxy: a check that fails for a reason other than a busy lock
+	// reloads, since a needless full sync is cheaper than a missed flush.
+	b.broken.Store(true)
+	h.step(monitorInterval)
+	h.wantReloads(1)
+	h.wantLog("treating it as deleted", true)
+	b.broken.Store(false)
+	h.step(monitorInterval)
+	h.wantReloads(1)
 	h.wantCanaries(canaryTables...)
 }
 

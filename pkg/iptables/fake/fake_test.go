@@ -204,3 +204,61 @@ func TestTablesIsACopy(t *testing.T) {
 		t.Errorf("SaveChains after SetTables = %v, %v", chains, err)
 	}
 }
+
+func TestChainExists(t *testing.T) {
+	ctx := context.Background()
+	f := New(v1.IPv4Protocol, iptables.BackendNFT)
+	check := func(table, chain string, want bool) {
+		t.Helper()
+		if got, err := f.ChainExists(ctx, table, chain); err != nil || got != want {
+			t.Errorf("ChainExists(%s, %s) = %v, %v; want %v, nil", table, chain, got, err, want)
+		}
+	}
+	check("filter", "INPUT", true)
+	check("filter", "KUBE-TEST", false)
+	if err := f.EnsureChain(ctx, "filter", "KUBE-TEST"); err != nil {
+		t.Fatalf("EnsureChain: %v", err)
+	}
+	check("filter", "KUBE-TEST", true)
+	check("nat", "KUBE-TEST", false)
+	if err := f.Restore(ctx, []byte("*filter\n-X KUBE-TEST\nCOMMIT\n")); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	check("filter", "KUBE-TEST", false)
+	if _, err := f.ChainExists(ctx, "nope", "KUBE-TEST"); err == nil || iptables.IsBusy(err) {
+		t.Errorf("ChainExists in an unknown table = %v, want a non-busy error", err)
+	}
+}
+
+func TestSetLockHeld(t *testing.T) {
+	ctx := context.Background()
+	f := New(v1.IPv4Protocol, iptables.BackendNFT)
+	if err := f.EnsureChain(ctx, "filter", "KUBE-TEST"); err != nil {
+		t.Fatalf("EnsureChain: %v", err)
+	}
+	before := f.Tables().Dump()
+
+	f.SetLockHeld(true)
+	for name, err := range map[string]error{
+		"Restore":     f.Restore(ctx, []byte(goodPayload)),
+		"EnsureChain": f.EnsureChain(ctx, "nat", "KUBE-TEST"),
+		"EnsureRule":  f.EnsureRule(ctx, "filter", "KUBE-TEST", "-j", "ACCEPT"),
+		"DeleteRule":  f.DeleteRule(ctx, "filter", "KUBE-TEST", "-j", "ACCEPT"),
+		"ChainExists": func() error { _, err := f.ChainExists(ctx, "filter", "KUBE-TEST"); return err }(),
+	} {
+		if !iptables.IsBusy(err) {
+			t.Errorf("%s with the lock held = %v, want a *BusyError", name, err)
+		}
+	}
+	if _, err := f.SaveChains(ctx, "filter"); err != nil {
+		t.Errorf("SaveChains with the lock held: %v (save takes no lock)", err)
+	}
+	if after := f.Tables().Dump(); after != before {
+		t.Errorf("commands changed the tables with the lock held:\n%s", after)
+	}
+
+	f.SetLockHeld(false)
+	if ok, err := f.ChainExists(ctx, "filter", "KUBE-TEST"); err != nil || !ok {
+		t.Errorf("ChainExists after releasing the lock = %v, %v; want true, nil", ok, err)
+	}
+}
