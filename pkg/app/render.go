@@ -3,10 +3,12 @@ package app
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"time"
 
 	"github.com/spf13/cobra"
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
@@ -63,12 +65,18 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 	if err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	if ro.nodeName != "" && len(objs.Nodes) > 0 && !hasNode(objs.Nodes, ro.nodeName) {
-		return fmt.Errorf("render: --node-name %q matches none of the Node manifests", ro.nodeName)
+	node, err := pickNode(objs.Nodes, ro.nodeName)
+	if err != nil {
+		return err
 	}
+	nodeName := ro.nodeName
+	if node != nil {
+		nodeName = node.Name
+	}
+	nodeIP := nodeIPs(node)[family]
 
 	invalid := 0
-	tr := tracker.New(family, ro.nodeName, time.Time{}, func(kind string, obj types.NamespacedName, reason, detail string) {
+	tr := tracker.New(family, nodeName, time.Time{}, func(kind string, obj types.NamespacedName, reason, detail string) {
 		invalid++
 		klog.InfoS("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
 	})
@@ -82,11 +90,22 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 		tr.EndpointSliceChanged(s, false)
 	}
 	snap, _ := tr.Checkpoint()
-	rs := rules.Render(rules.Request{Snapshot: snap}, RuleOptions(cfg, family))
+	opts, err := RuleOptions(cfg, family, node, nodeIP)
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	// The node's own addresses stand in for its interfaces when node ports are limited.
+	var localAddrs []netip.Addr
+	for _, a := range node.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil && familyOf(ip) == family {
+			localAddrs = append(localAddrs, ip)
+		}
+	}
+	rs := rules.Render(rules.Request{Snapshot: snap, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs}, opts)
 
 	fmt.Fprintf(out, "# kproxy render: %s, %d service ports, %d filter + %d nat rules", family, len(snap.Services), rs.FilterRules, rs.NATRules)
-	if ro.nodeName != "" {
-		fmt.Fprintf(out, ", node %s", ro.nodeName)
+	if nodeName != "" {
+		fmt.Fprintf(out, ", node %s", nodeName)
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "# Jumps kproxy ensures in built-in chains (outside this payload):")
@@ -102,11 +121,22 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 	return nil
 }
 
-func hasNode(nodes []*v1.Node, name string) bool {
+// pickNode finds the node to render for: the one named, or the only Node manifest. No
+// Node manifest is fine (the rules then know no node IP, zone or pod CIDR).
+func pickNode(nodes []*v1.Node, name string) (*v1.Node, error) {
+	if name == "" {
+		if len(nodes) == 1 {
+			return nodes[0], nil
+		}
+		return &v1.Node{}, nil
+	}
 	for _, n := range nodes {
 		if n.Name == name {
-			return true
+			return n, nil
 		}
 	}
-	return false
+	if len(nodes) == 0 {
+		return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, nil
+	}
+	return nil, fmt.Errorf("render: --node-name %q matches none of the Node manifests", name)
 }

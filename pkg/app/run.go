@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,46 +22,36 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/kproxy-dev/kproxy/pkg/config"
+	"github.com/kproxy-dev/kproxy/pkg/conntrack"
 	"github.com/kproxy-dev/kproxy/pkg/healthcheck"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/metrics"
+	"github.com/kproxy-dev/kproxy/pkg/model"
+	"github.com/kproxy-dev/kproxy/pkg/nodesetup"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/sources"
 )
 
-// Run is the daemon: it programs services until ctx is done. initOnly stops it after the
-// privileged node setup, for DaemonSets that split setup into an init container.
+// Run is the daemon: it programs services until ctx is done, or until this node changes
+// in a way that needs a restart (as upstream, the process then exits with an error and
+// the DaemonSet restarts it). initOnly stops it after the privileged node setup, for
+// DaemonSets that split setup into an init container.
 func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 	logger := klog.FromContext(ctx)
-	if err := checkSupported(cfg); err != nil {
+	if err := nodeSetup(ctx, cfg); err != nil {
 		return err
 	}
 	backend, err := chooseBackend(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	families := proxiedFamilies(cfg)
-	ipts := map[v1.IPFamily]iptables.Interface{}
-	for i, family := range families {
-		ipt, err := iptables.New(family, backend, iptables.DefaultWait)
-		if err != nil {
-			if i == 0 {
-				return fmt.Errorf("primary IP family %s: %w", family, err)
-			}
-			logger.Info("Not proxying the secondary IP family", "ipFamily", family, "reason", err.Error())
-			continue
-		}
-		ipts[family] = ipt
-	}
-	if ipts[v1.IPv4Protocol] != nil && cfg.LocalhostNodePorts {
-		// Localhost node ports need the kernel to route 127/8 packets off the host; the
-		// KUBE-FIREWALL rule keeps other hosts from abusing that (CVE-2020-8558).
-		if err := writeSysctl("net/ipv4/conf/all/route_localnet", "1"); err != nil {
-			return fmt.Errorf("enabling localhost node ports: %w", err)
-		}
-	}
 	if initOnly {
+		if cfg.LocalhostNodePorts {
+			if err := nodesetup.EnableRouteLocalnet(ctx, nodesetup.NewProcSysctl(nodesetup.HostRoot)); err != nil {
+				return fmt.Errorf("enabling localhost node ports: %w", err)
+			}
+		}
 		logger.Info("Node setup done; exiting because of --init-only")
 		return nil
 	}
@@ -67,12 +60,18 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 	if err != nil {
 		return err
 	}
-	nodeName, err := nodeName(cfg)
+	name, err := nodeName(cfg)
 	if err != nil {
 		return err
 	}
-	logger = logger.WithValues("node", nodeName)
+	logger = logger.WithValues("node", name)
 	ctx = klog.NewContext(ctx, logger)
+	nodeCIDRMode := cfg.DetectLocalMode == config.DetectLocalNodeCIDR
+	node, err := waitForNode(ctx, client, name, nodeCIDRMode)
+	if err != nil {
+		return err
+	}
+	ips := nodeIPs(node)
 
 	clk := clock.RealClock{}
 	health := healthcheck.NewProxyHealth(2*cfg.SyncPeriod, clk)
@@ -82,24 +81,26 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	dropInvalid := !conntrackLiberal()
+	ctx, restart := context.WithCancelCause(ctx)
+	defer restart(nil)
+	var wg sync.WaitGroup
 	var proxiers []*proxier.Proxier
-	for _, family := range families {
-		ipt, ok := ipts[family]
-		if !ok {
+	for i, family := range proxiedFamilies(cfg, ips) {
+		ipt, err := iptables.New(family, backend, iptables.DefaultWait)
+		if err != nil {
+			if i == 0 {
+				return fmt.Errorf("primary IP family %s: %w", family, err)
+			}
+			logger.Info("Not proxying the secondary IP family", "ipFamily", family, "reason", err.Error())
 			continue
 		}
-		opts := RuleOptions(cfg, family)
-		opts.DropInvalid = dropInvalid
-		logger.Info("Proxying", "ipFamily", family, "backend", backend, "localTrafficDetection", strings.Join(opts.LocalDetector.IfNotLocal, " "))
-		proxiers = append(proxiers, proxier.New(ctx, proxier.Config{
-			Family: family, IPTables: ipt, Rules: opts,
-			MinSyncPeriod: cfg.MinSyncPeriod, SyncPeriod: cfg.SyncPeriod,
-			Health: health, Clock: clk,
-		}))
+		p, err := newFamilyProxier(ctx, cfg, family, ipt, node, ips[family], health, clk, &wg)
+		if err != nil {
+			return err
+		}
+		proxiers = append(proxiers, p)
 	}
 
-	var wg sync.WaitGroup
 	for _, srv := range []struct {
 		what, addr string
 		handler    http.Handler
@@ -114,8 +115,9 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 		}()
 	}
 
+	watcher := &nodeWatcher{health: health, proxiers: proxiers, ips: ips, cidrs: podCIDRs(node), watchCIDRs: nodeCIDRMode, restart: restart}
 	fanout := proxier.Fanout(proxiers)
-	if err := sources.Run(ctx, client, nodeName, cfg.ConfigSyncPeriod, fanout, fanout, &nodeHealth{health: health, logger: logger}); err != nil {
+	if err := sources.Run(ctx, client, name, cfg.ConfigSyncPeriod, fanout, fanout, watcher); err != nil {
 		return err
 	}
 	for _, p := range proxiers {
@@ -127,7 +129,119 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 	}
 	<-ctx.Done()
 	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
 	return nil
+}
+
+// nodeSetup applies the node-wide kernel settings, as upstream does before proxying.
+func nodeSetup(ctx context.Context, cfg *config.Config) error {
+	logger := klog.FromContext(ctx)
+	sysctl := nodesetup.NewProcSysctl(nodesetup.HostRoot)
+	ct := nodesetup.Conntrack{
+		MaxPerCore: cfg.Conntrack.MaxPerCore, Min: cfg.Conntrack.Min,
+		TCPEstablishedTimeout: cfg.Conntrack.TCPEstablishedTimeout, TCPCloseWaitTimeout: cfg.Conntrack.TCPCloseWaitTimeout,
+		TCPBeLiberal: cfg.Conntrack.TCPBeLiberal, UDPTimeout: cfg.Conntrack.UDPTimeout, UDPStreamTimeout: cfg.Conntrack.UDPStreamTimeout,
+	}
+	err := nodesetup.ApplyConntrack(ctx, sysctl, nodesetup.HostRoot, ct, nodesetup.NumCPU(nodesetup.HostRoot))
+	var readOnly *nodesetup.ReadOnlySysfsError
+	switch {
+	case errors.As(err, &readOnly):
+		// Containers often get a read-only /sys; upstream warns and carries on.
+		logger.Info("Warning: could not raise the conntrack hash size", "err", err.Error())
+	case err != nil:
+		return fmt.Errorf("applying conntrack settings: %w", err)
+	}
+	if err := nodesetup.SetOOMScoreAdj(nodesetup.HostRoot, cfg.OOMScoreAdj); err != nil {
+		logger.V(2).Info("Could not set the OOM score", "err", err.Error())
+	}
+	return nil
+}
+
+// newFamilyProxier builds one family's proxier with its helpers (conntrack cleanup,
+// health check node ports, flush monitor), starting the helpers' goroutines on wg.
+func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamily, ipt iptables.Interface, node *v1.Node,
+	nodeIP netip.Addr, health *healthcheck.ProxyHealth, clk clock.WithTicker, wg *sync.WaitGroup) (*proxier.Proxier, error) {
+	logger := klog.FromContext(ctx).WithValues("ipFamily", family)
+	opts, err := RuleOptions(cfg, family, node, nodeIP)
+	if err != nil {
+		return nil, err
+	}
+	sysctl := nodesetup.NewProcSysctl(nodesetup.HostRoot)
+	if family == v1.IPv4Protocol && opts.LocalhostNodePorts {
+		// Localhost node ports need the kernel to route 127/8 packets off the host; the
+		// KUBE-FIREWALL rule keeps other hosts from abusing that (CVE-2020-8558).
+		if err := nodesetup.EnableRouteLocalnet(ctx, sysctl); err != nil {
+			return nil, fmt.Errorf("enabling localhost node ports: %w", err)
+		}
+	}
+	// Read after the conntrack settings were applied: a liberal kernel accepts the
+	// out-of-window packets the INVALID drop is meant for.
+	liberal, _ := sysctl.Get("net/netfilter/nf_conntrack_tcp_be_liberal")
+	opts.DropInvalid = strings.TrimSpace(liberal) == "0" || liberal == ""
+
+	var healthAddrs []netip.Addr
+	if len(opts.NodePortAddresses) > 0 {
+		healthAddrs, err = localAddrs(family)()
+		if err != nil {
+			return nil, err
+		}
+		healthAddrs = slices.DeleteFunc(healthAddrs, func(a netip.Addr) bool {
+			return !slices.ContainsFunc(opts.NodePortAddresses, func(p netip.Prefix) bool { return p.Contains(a) })
+		})
+	}
+	serviceHealth := healthcheck.NewServiceHealthServer(family, healthAddrs, health, nil)
+	p := proxier.New(ctx, proxier.Config{
+		Family: family, IPTables: ipt, Rules: opts, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs(family),
+		Conntrack:     conntrack.NewReconciler(family, conntrack.NewNetlink(family)),
+		ServiceHealth: serviceHealth,
+		MinSyncPeriod: cfg.MinSyncPeriod, SyncPeriod: cfg.SyncPeriod,
+		Health: health, Clock: clk,
+	})
+	logger.Info("Proxying", "backend", ipt.Backend(), "nodeIP", nodeIP, "localTrafficDetection", strings.Join(opts.LocalDetector.IfNotLocal, " "),
+		"nodePortAddresses", opts.NodePortAddresses, "localhostNodePorts", opts.LocalhostNodePorts)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		iptables.Monitor(klog.NewContext(ctx, logger), ipt, iptables.CanaryChain, []string{"mangle", "nat", "filter"}, p.ForceFullSync, cfg.SyncPeriod, clk)
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		serviceHealth.Close()
+	}()
+	return p, nil
+}
+
+func proxierNode(node *v1.Node, nodeIP netip.Addr) model.Node {
+	n := model.Node{IP: nodeIP}
+	if node != nil {
+		n.Name, n.Zone = node.Name, node.Labels[v1.LabelTopologyZone]
+	}
+	return n
+}
+
+// localAddrs lists the addresses of this family on the node's interfaces.
+func localAddrs(family v1.IPFamily) func() ([]netip.Addr, error) {
+	return func() ([]netip.Addr, error) {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, fmt.Errorf("listing interface addresses: %w", err)
+		}
+		var out []netip.Addr
+		for _, a := range addrs {
+			ipnet, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipnet.IP)
+			if ok && familyOf(ip.Unmap()) == family {
+				out = append(out, ip.Unmap())
+			}
+		}
+		return out, nil
+	}
 }
 
 // serveUntilDone runs a server and restarts it after failures (e.g. the port is still
@@ -148,60 +262,71 @@ func serveUntilDone(ctx context.Context, what string, serve func() error) {
 	}
 }
 
-// checkSupported rejects settings kproxy accepts in the file format but cannot honour
-// yet: silently ignoring them would program different rules than kube-proxy.
-func checkSupported(cfg *config.Config) error {
-	if cfg.DetectLocalMode == config.DetectLocalNodeCIDR {
-		return errors.New("detectLocalMode: NodeCIDR is not supported by this kproxy version; use ClusterCIDR, BridgeInterface or InterfaceNamePrefix")
-	}
-	for _, a := range cfg.NodePortAddresses {
-		if a != config.NodePortAddressesAll {
-			return fmt.Errorf("nodePortAddresses: %q is not supported by this kproxy version; only the default (all local addresses) is", a)
-		}
-	}
-	return nil
-}
-
-// RuleOptions derives one family's rendering options from the configuration. It is
-// shared by the daemon and `kproxy render`, so both produce the same rules.
-func RuleOptions(cfg *config.Config, family v1.IPFamily) rules.Options {
+// RuleOptions derives one family's rendering options from the configuration and this
+// node. It is shared by the daemon and `kproxy render`, so both produce the same rules.
+func RuleOptions(cfg *config.Config, family v1.IPFamily, node *v1.Node, nodeIP netip.Addr) (rules.Options, error) {
 	opts := rules.Options{
-		Family:             family,
-		MasqueradeBit:      int(cfg.MasqueradeBit),
-		MasqueradeAll:      cfg.MasqueradeAll,
-		LocalhostNodePorts: cfg.LocalhostNodePorts,
-		DropInvalid:        true,
+		Family:            family,
+		MasqueradeBit:     int(cfg.MasqueradeBit),
+		MasqueradeAll:     cfg.MasqueradeAll,
+		DropInvalid:       true,
+		NodePortAddresses: nodePortPrefixes(cfg.NodePortAddresses, family, nodeIP),
 	}
+	opts.LocalhostNodePorts = cfg.LocalhostNodePorts && localhostNodePortsAllowed(opts.NodePortAddresses)
 	switch cfg.DetectLocalMode {
 	case config.DetectLocalBridgeInterface:
 		opts.LocalDetector = rules.DetectByBridge(cfg.BridgeInterface)
 	case config.DetectLocalInterfaceNamePrefix:
 		opts.LocalDetector = rules.DetectByInterfacePrefix(cfg.InterfaceNamePrefix)
+	case config.DetectLocalNodeCIDR:
+		cidr, ok := podCIDRs(node)[family]
+		if !ok && family == primaryOf(node, nodeIP) {
+			return opts, fmt.Errorf("detectLocalMode NodeCIDR: node has no %s pod CIDR", family)
+		}
+		if ok {
+			opts.LocalDetector = rules.DetectByCIDR(cidr)
+		}
 	default:
 		// Upstream uses the first cluster CIDR of the family; without one, pod traffic
 		// cannot be told apart and the rules that need it are left out.
 		for _, c := range cfg.ClusterCIDRs {
-			if (family == v1.IPv6Protocol) == c.Addr().Is6() {
+			if familyOf(c.Addr()) == family {
 				opts.LocalDetector = rules.DetectByCIDR(c)
 				break
 			}
 		}
 	}
-	return opts
+	return opts, nil
 }
 
-// proxiedFamilies lists the families to proxy, primary first. The primary family comes
-// from --bind-address, else from the cluster CIDRs, else IPv4; the other family is also
-// proxied when the kernel has it, as upstream runs dual-stack whenever it can.
-func proxiedFamilies(cfg *config.Config) []v1.IPFamily {
+// primaryOf is the family of the node's first pod CIDR, else of nodeIP.
+func primaryOf(node *v1.Node, nodeIP netip.Addr) v1.IPFamily {
+	if node != nil && len(node.Spec.PodCIDRs) > 0 {
+		if p, err := netip.ParsePrefix(node.Spec.PodCIDRs[0]); err == nil {
+			return familyOf(p.Addr())
+		}
+	}
+	if nodeIP.IsValid() {
+		return familyOf(nodeIP)
+	}
+	return v1.IPv4Protocol
+}
+
+// proxiedFamilies lists the families to proxy, primary first. The primary family is
+// that of --bind-address when set, else of the node's first address, else of the first
+// cluster CIDR, else IPv4; the other family is also proxied when the kernel has it, as
+// upstream runs dual-stack whenever it can.
+func proxiedFamilies(cfg *config.Config, ips map[v1.IPFamily]netip.Addr) []v1.IPFamily {
 	primary := v1.IPv4Protocol
 	switch {
 	case cfg.BindAddress.IsValid() && !cfg.BindAddress.IsUnspecified():
-		if cfg.BindAddress.Is6() {
-			primary = v1.IPv6Protocol
+		primary = familyOf(cfg.BindAddress)
+	case len(ips) == 1:
+		for f := range ips {
+			primary = f
 		}
-	case len(cfg.ClusterCIDRs) > 0 && cfg.ClusterCIDRs[0].Addr().Is6():
-		primary = v1.IPv6Protocol
+	case len(ips) == 0 && len(cfg.ClusterCIDRs) > 0:
+		primary = familyOf(cfg.ClusterCIDRs[0].Addr())
 	case cfg.BindAddress.Is6():
 		primary = v1.IPv6Protocol
 	}
@@ -266,39 +391,6 @@ func nodeName(cfg *config.Config) (string, error) {
 	}
 	return name, nil
 }
-
-// conntrackLiberal reports whether the kernel accepts out-of-window TCP packets, in which
-// case upstream does not drop conntrack-INVALID packets.
-func conntrackLiberal() bool {
-	data, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-	return err == nil && strings.TrimSpace(string(data)) != "0"
-}
-
-func writeSysctl(name, value string) error {
-	path := "/proc/sys/" + name
-	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == value {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("setting %s=%s: %w", strings.ReplaceAll(name, "/", "."), value, err)
-	}
-	return nil
-}
-
-// nodeHealth feeds this node's Node object into /healthz, which fails while the node is
-// being deleted or drained by the cluster autoscaler.
-type nodeHealth struct {
-	health *healthcheck.ProxyHealth
-	logger klog.Logger
-}
-
-func (n *nodeHealth) OnNodeAdd(node *v1.Node)       { n.health.SyncNode(node) }
-func (n *nodeHealth) OnNodeUpdate(_, node *v1.Node) { n.health.SyncNode(node) }
-func (n *nodeHealth) OnNodeDelete(*v1.Node) {
-	n.logger.Info("This node's Node object was deleted")
-	n.health.DeleteNode()
-}
-func (n *nodeHealth) OnNodeSynced() {}
 
 // CleanupAll removes kproxy's rules in every family whose iptables binaries exist.
 func CleanupAll(ctx context.Context, cfg *config.Config) error {
