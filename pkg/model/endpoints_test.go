@@ -91,3 +91,37 @@ func TestCategorizeEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// TestHealthCheckBookkeeping mirrors upstream's TestHealthCheckNodePortWhenTerminating and
+// the health-check part of TestBuildServiceMap: ports by service, and local ready
+// endpoints counted by distinct IP, terminating ones excluded.
+func TestHealthCheckBookkeeping(t *testing.T) {
+	lb := ServicePortName{Port: "p80", Protocol: "TCP"}
+	lb.Namespace, lb.Name = "ns1", "lb"
+	lb2 := lb
+	lb2.Port = "p81"
+	plain := lb
+	plain.Name = "plain"
+	snap := &Snapshot{
+		Services: map[ServicePortName]*ServicePort{
+			lb:    {Name: lb, HealthCheckNodePort: 30000},
+			lb2:   {Name: lb2, HealthCheckNodePort: 30000},
+			plain: {Name: plain},
+		},
+		Endpoints: map[ServicePortName][]Endpoint{
+			lb: mk(epSpec{ip: "10.0.0.1", ready: true, local: true}, epSpec{ip: "10.0.0.2", ready: true, local: true},
+				epSpec{ip: "10.0.0.3", serving: true, term: true, local: true}, epSpec{ip: "10.0.0.4", ready: true}),
+			// Same IP on another port counts once.
+			lb2:   mk(epSpec{ip: "10.0.0.1", ready: true, local: true}),
+			plain: mk(epSpec{ip: "10.0.0.9", ready: true, local: true}),
+		},
+	}
+	ports := snap.HealthCheckNodePorts()
+	if len(ports) != 1 || ports[lb.NamespacedName] != 30000 {
+		t.Errorf("health check ports %v", ports)
+	}
+	counts := snap.LocalReadyEndpoints()
+	if len(counts) != 1 || counts[lb.NamespacedName] != 2 {
+		t.Errorf("local ready endpoints %v, want ns1/lb: 2", counts)
+	}
+}

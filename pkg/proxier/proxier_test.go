@@ -23,9 +23,14 @@ import (
 )
 
 func newTestProxier(t *testing.T) (*Proxier, *fake.Fake) {
+	return newTestProxierWith(t, nil)
+}
+
+// newTestProxierWith builds a proxier on a fake; configure may adjust the config first.
+func newTestProxierWith(t *testing.T, configure func(*Config)) (*Proxier, *fake.Fake) {
 	t.Helper()
 	ipt := fake.New(v1.IPv4Protocol, iptables.BackendNFT)
-	p := New(context.Background(), Config{
+	cfg := Config{
 		Family:   v1.IPv4Protocol,
 		IPTables: ipt,
 		Rules: rules.Options{
@@ -34,8 +39,11 @@ func newTestProxier(t *testing.T) (*Proxier, *fake.Fake) {
 		},
 		MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second,
 		Clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
-	})
-	return p, ipt
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	return New(context.Background(), cfg), ipt
 }
 
 func testService(name, ip string, port int32) *v1.Service {

@@ -63,6 +63,22 @@ func TestRenderFeatures(t *testing.T) {
 		//    + svc5 (2 SERVICES + NODEPORTS + masq + 2 EXT + 2 FW + affinity + SVC->SEP + 2 SEP = 12).
 		filterRules: 4 + 1 + 3 + 1 + 1, natRules: 5 + 5 + 11 + 8 + 11 + 12,
 	}, {
+		// Upstream's TestNoEndpointsReject: every way in is rejected at once.
+		name: "no-endpoints-every-destination",
+		build: func(b *snapshotBuilder) {
+			b.port(&model.ServicePort{Name: spn("ns1", "svc1"), ClusterIP: netip.MustParseAddr("172.30.0.41"), Port: 80, NodePort: 3001,
+				ExternalIPs: addrs("192.168.99.11"), LoadBalancerVIPs: addrs("1.2.3.4")})
+		},
+		traces: []traceCase{
+			{name: "pod to cluster IP", src: podIP, dst: "172.30.0.41", proto: "tcp", port: 80, want: "endpoints= masq=false verdict=REJECT"},
+			{name: "external to external IP", src: externalClient, dst: "192.168.99.11", proto: "tcp", port: 80, want: "endpoints= masq=false verdict=REJECT"},
+			{name: "pod to node port", src: podIP, dst: node, proto: "tcp", port: 3001, want: "endpoints= masq=false verdict=REJECT"},
+			{name: "external to node port", src: externalClient, dst: node, proto: "tcp", port: 3001, want: "endpoints= masq=false verdict=REJECT"},
+			{name: "pod to LB IP", src: podIP, dst: "1.2.3.4", proto: "tcp", port: 80, want: "endpoints= masq=false verdict=REJECT"},
+			{name: "external to LB IP", src: externalClient, dst: "1.2.3.4", proto: "tcp", port: 80, want: "endpoints= masq=false verdict=REJECT"},
+		},
+		filterRules: 4 + 4, natRules: 5,
+	}, {
 		name: "loadbalancer-source-ranges",
 		build: func(b *snapshotBuilder) {
 			b.port(&model.ServicePort{Name: spn("ns1", "svc1"), ClusterIP: netip.MustParseAddr("172.30.0.41"), Port: 80, NodePort: 3001,

@@ -324,3 +324,24 @@ func TestUDPEndpointChangesAreFlagged(t *testing.T) {
 		t.Error("deleting UDP endpoints did not ask for conntrack cleanup")
 	}
 }
+
+// TestBadIPsAreNormalised mirrors upstream's TestBadIPs: addresses written with leading
+// zeros are read as decimal, as the API server once accepted them.
+func TestBadIPsAreNormalised(t *testing.T) {
+	svc := service("ns", "old", []string{"172.30.0.041"}, v1.ServicePort{Name: "p", Protocol: v1.ProtocolTCP, Port: 80, NodePort: 30080})
+	svc.Spec.Type = v1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalIPs = []string{"192.168.099.022"}
+	svc.Spec.LoadBalancerSourceRanges = []string{"203.0.113.000/025"}
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "1.2.3.004"}}
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+	tr.ServiceChanged(svc, false)
+	tr.EndpointSliceChanged(slice("ns", "old-1", "old", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("p", 80)},
+		ep{addr: "10.180.00.001", ready: true}), false)
+	snap, _ := tr.Checkpoint()
+	for spn, sp := range snap.Services {
+		got := fmt.Sprintf("%s %v %v %v %s", sp.ClusterIP, sp.ExternalIPs, sp.LoadBalancerVIPs, sp.LoadBalancerSourceRanges, snap.Endpoints[spn][0])
+		if want := "172.30.0.41 [192.168.99.22] [1.2.3.4] [203.0.113.0/25] 10.180.0.1:80"; got != want {
+			t.Errorf("normalised to %q, want %q", got, want)
+		}
+	}
+}

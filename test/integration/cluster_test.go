@@ -24,6 +24,7 @@ import (
 
 	"github.com/kproxy-dev/kproxy/internal/netnstest"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
+	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 )
@@ -55,10 +56,18 @@ type pod struct {
 	gateway netip.Addr
 }
 
+// nodeName is the name of the node the proxier runs on (Config.Node.Name). Endpoints
+// whose nodeName is this one are local; tests mark the other pods as on "node-2".
+const nodeName = "node-1"
+
 // cluster is one test's topology; see doc.go.
 type cluster struct {
 	node, client, gw *netnstest.NS
 	pods             []*pod
+
+	family      v1.IPFamily
+	clusterCIDR netip.Prefix // the pod network
+	nodeAddr    netip.Addr   // the node's address facing the client
 }
 
 // newCluster builds the topology with nPods pods (pod1 at 10.244.1.2, pod2 at 10.244.2.2,
@@ -66,9 +75,12 @@ type cluster struct {
 func newCluster(t *testing.T, nPods int) *cluster {
 	t.Helper()
 	c := &cluster{
-		node:   netnstest.New(t, "kpx-node"),
-		client: netnstest.New(t, "kpx-client"),
-		gw:     netnstest.New(t, "kpx-gw"),
+		node:        netnstest.New(t, "kpx-node"),
+		client:      netnstest.New(t, "kpx-client"),
+		gw:          netnstest.New(t, "kpx-gw"),
+		family:      v1.IPv4Protocol,
+		clusterCIDR: clusterCIDR,
+		nodeAddr:    nodeAddr,
 	}
 	// The node forwards. It sends no ICMP redirects: a hairpinned packet (a pod reaching
 	// itself through a service) leaves by the link it came in on, and a redirect would
@@ -289,8 +301,35 @@ func wantRefused(t *testing.T, ns *netnstest.NS, addr string) {
 	}
 }
 
-// kproxy is a proxier for IPv4 with the real iptables binaries of one backend, applying
-// its rules in the node namespace.
+// dropTimeout is how long a dial waits before a connection counts as dropped. A dropped
+// SYN is first retransmitted after a second, so a shorter wait sees a single attempt.
+const dropTimeout = time.Second
+
+// wantDropped asserts that a TCP connection from ns to addr is silently dropped: the
+// dial times out, rather than being refused (a REJECT, or the node's own RST for a port
+// nothing listens on) or failing with an ICMP error (the gw namespace's "host
+// unreachable" for packets that no rule intercepted).
+func wantDropped(t *testing.T, ns *netnstest.NS, addr string) {
+	t.Helper()
+	var dialErr error
+	if err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, dropTimeout)
+		if err == nil {
+			c.Close()
+		}
+		dialErr = err
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var nerr net.Error
+	if !errors.As(dialErr, &nerr) || !nerr.Timeout() {
+		t.Errorf("TCP %s from %s: got %v, want a timeout (dropped)", addr, ns.Name(), dialErr)
+	}
+}
+
+// kproxy is a proxier for one IP family with the real iptables binaries of one backend,
+// applying its rules in the node namespace.
 type kproxy struct {
 	*proxier.Proxier
 	ipt  iptables.Interface
@@ -299,13 +338,18 @@ type kproxy struct {
 }
 
 // forEachBackend runs fn as subtest "legacy" and "nft", each skipped when not root or
-// when the backend's binaries are missing.
+// when the backend's IPv4 binaries are missing.
 func forEachBackend(t *testing.T, fn func(t *testing.T, backend iptables.Backend)) {
+	forEachBackendOf(t, v1.IPv4Protocol, fn)
+}
+
+// forEachBackendOf is forEachBackend for the binaries of family.
+func forEachBackendOf(t *testing.T, family v1.IPFamily, fn func(t *testing.T, backend iptables.Backend)) {
 	for _, backend := range []iptables.Backend{iptables.BackendLegacy, iptables.BackendNFT} {
 		t.Run(string(backend), func(t *testing.T) {
 			netnstest.RequireRoot(t)
 			for _, tool := range []string{"", "restore", "save"} {
-				name := iptables.BinaryName(v1.IPv4Protocol, backend, tool)
+				name := iptables.BinaryName(family, backend, tool)
 				if _, err := exec.LookPath(name); err != nil {
 					t.Skipf("skipping: %s backend not installed: %v", backend, err)
 				}
@@ -321,42 +365,48 @@ func testContext(t *testing.T) context.Context {
 	return klog.NewContext(context.Background(), ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2))))
 }
 
-// newIPTables returns the real iptables Interface for IPv4 and backend. It is built
+// newIPTables returns the real iptables Interface for family and backend. It is built
 // inside the node namespace, although building it only runs "--version".
-func newIPTables(t *testing.T, node *netnstest.NS, backend iptables.Backend) iptables.Interface {
+func newIPTables(t *testing.T, node *netnstest.NS, family v1.IPFamily, backend iptables.Backend) iptables.Interface {
 	t.Helper()
 	var ipt iptables.Interface
 	if err := node.Do(func() error {
 		var err error
-		ipt, err = iptables.New(v1.IPv4Protocol, backend, 5*time.Second)
+		ipt, err = iptables.New(family, backend, 5*time.Second)
 		return err
 	}); err != nil {
-		t.Fatalf("iptables.New(IPv4, %s): %v", backend, err)
+		t.Fatalf("iptables.New(%s, %s): %v", family, backend, err)
 	}
 	return ipt
 }
 
-// newKproxy builds the proxier as the kproxy command would for this node. Nothing syncs
-// until load and sync are called.
-func newKproxy(t *testing.T, c *cluster, backend iptables.Backend) *kproxy {
+// newKproxy builds the proxier for the cluster's IP family as the kproxy command would
+// for this node, named nodeName. opts then adjust the configuration (e.g. to add a
+// conntrack cleaner). Nothing syncs until load and sync are called.
+func newKproxy(t *testing.T, c *cluster, backend iptables.Backend, opts ...func(*proxier.Config)) *kproxy {
 	t.Helper()
 	ctx := testContext(t)
-	ipt := newIPTables(t, c.node, backend)
-	p := proxier.New(ctx, proxier.Config{
-		Family:   v1.IPv4Protocol,
-		IPTables: ipt,
+	cfg := proxier.Config{
+		Family:   c.family,
+		IPTables: newIPTables(t, c.node, c.family, backend),
 		Rules: rules.Options{
-			Family:             v1.IPv4Protocol,
-			MasqueradeBit:      14,
-			LocalDetector:      rules.DetectByCIDR(clusterCIDR),
-			LocalhostNodePorts: true,
+			Family:        c.family,
+			MasqueradeBit: 14,
+			LocalDetector: rules.DetectByCIDR(c.clusterCIDR),
+			// Localhost node ports exist for IPv4 only.
+			LocalhostNodePorts: c.family == v1.IPv4Protocol,
 			DropInvalid:        true,
 		},
+		Node:          model.Node{Name: nodeName, IP: c.nodeAddr},
 		MinSyncPeriod: time.Second,
 		SyncPeriod:    30 * time.Second,
 		Clock:         clock.RealClock{},
-	})
-	return &kproxy{Proxier: p, ipt: ipt, node: c.node, ctx: ctx}
+	}
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	p := proxier.New(ctx, cfg)
+	return &kproxy{Proxier: p, ipt: cfg.IPTables, node: c.node, ctx: ctx}
 }
 
 // load feeds the initial list of objects and marks both lists as synced, as the
@@ -395,7 +445,7 @@ func (k *kproxy) sync(t *testing.T) {
 // table means all tables.
 func (k *kproxy) save(t *testing.T, table string) string {
 	t.Helper()
-	args := []string{iptables.BinaryName(v1.IPv4Protocol, k.ipt.Backend(), "save")}
+	args := []string{iptables.BinaryName(k.ipt.Family(), k.ipt.Backend(), "save")}
 	if table != "" {
 		args = append(args, "-t", table)
 	}
@@ -421,15 +471,19 @@ var (
 func (p port) withNodePort(n int32) port { p.nodePort = n; return p }
 
 // service builds a Service in svcNamespace: of type NodePort if a port has a node port,
-// ClusterIP otherwise.
+// ClusterIP otherwise. Its IP family is the cluster IP's (IPv4 if it is malformed).
 func service(name, clusterIP string, ports ...port) *v1.Service {
+	family := v1.IPv4Protocol
+	if ip, err := netip.ParseAddr(clusterIP); err == nil && ip.Is6() {
+		family = v1.IPv6Protocol
+	}
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: svcNamespace, Name: name},
 		Spec: v1.ServiceSpec{
 			Type:       v1.ServiceTypeClusterIP,
 			ClusterIP:  clusterIP,
 			ClusterIPs: []string{clusterIP},
-			IPFamilies: []v1.IPFamily{v1.IPv4Protocol},
+			IPFamilies: []v1.IPFamily{family},
 		},
 	}
 	for _, p := range ports {
@@ -442,7 +496,7 @@ func service(name, clusterIP string, ports ...port) *v1.Service {
 }
 
 // endpointSlice builds the one EndpointSlice of service svc, with a ready endpoint per
-// pod, listening on every port's target port.
+// pod, listening on every port's target port. It is an IPv6 slice if the pods are IPv6.
 func endpointSlice(svc string, ports []port, pods ...*pod) *discovery.EndpointSlice {
 	s := &discovery.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
@@ -450,6 +504,9 @@ func endpointSlice(svc string, ports []port, pods ...*pod) *discovery.EndpointSl
 			Labels: map[string]string{discovery.LabelServiceName: svc},
 		},
 		AddressType: discovery.AddressTypeIPv4,
+	}
+	if len(pods) > 0 && pods[0].ip.Is6() {
+		s.AddressType = discovery.AddressTypeIPv6
 	}
 	for _, p := range ports {
 		s.Ports = append(s.Ports, discovery.EndpointPort{Name: ptr.To(p.name), Protocol: ptr.To(p.proto), Port: ptr.To(p.target)})
