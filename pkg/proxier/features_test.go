@@ -145,4 +145,3 @@ func TestRuleCountMetricsAndLargeClusterMode(t *testing.T) {
 		t.Error("large-cluster mode ran the hourly full sync")
 	}
 }
-

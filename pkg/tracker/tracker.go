@@ -35,7 +35,7 @@ type Tracker struct {
 	family   v1.IPFamily
 	nodeName string
 	invalid  Invalid
-	started time.Time
+	started  time.Time
 
 	mu sync.Mutex
 	// Pending events, applied at the next Checkpoint. A nil value records a deletion.
