@@ -223,6 +223,7 @@ func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
 	}
 	cfg.Master = o.master
 	cfg.IPTablesBackend = o.iptablesBackend
+	cfg.ConfigFile = o.ConfigFile
 	if err := o.completeLogging(cfg, fs, fromFile); err != nil {
 		return nil, err
 	}

@@ -396,8 +396,10 @@ func TestWriteConfigFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("written config does not load: %v", err)
 	}
-	// An empty healthz address is re-defaulted when read from a file, as upstream.
+	// An empty healthz address is re-defaulted when read from a file, as upstream; the
+	// file read back is, of course, recorded as the config file.
 	c.HealthzBindAddress = "0.0.0.0:10256"
+	c.ConfigFile = out
 	if !reflect.DeepEqual(back, c) {
 		t.Errorf("round trip through --write-config-to\n got %+v\nwant %+v", back, c)
 	}

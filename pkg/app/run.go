@@ -106,12 +106,19 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 		handler    http.Handler
 	}{
 		{"healthz", cfg.HealthzBindAddress, health.Handler()},
-		{"metrics", cfg.MetricsBindAddress, metrics.Handler(registry, config.ModeIPTables)},
+		{"metrics", cfg.MetricsBindAddress, metrics.Handler(registry, config.ModeIPTables, cfg.EnableProfiling)},
 	} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveUntilDone(ctx, srv.what, func() error { return healthcheck.Serve(ctx, srv.addr, srv.handler) })
+			serveUntilDone(ctx, srv.what, cfg.BindAddressHardFail, restart, func() error { return healthcheck.Serve(ctx, srv.addr, srv.handler) })
+		}()
+	}
+	if cfg.ConfigFile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			watchConfigFile(ctx, cfg.ConfigFile, configWatchInterval, restart)
 		}()
 	}
 
@@ -245,12 +252,17 @@ func localAddrs(family v1.IPFamily) func() ([]netip.Addr, error) {
 }
 
 // serveUntilDone runs a server and restarts it after failures (e.g. the port is still
-// held by the process we replace), as upstream does, until ctx is done.
-func serveUntilDone(ctx context.Context, what string, serve func() error) {
+// held by the process we replace), as upstream does, until ctx is done. With hardFail
+// (--bind-address-hard-fail) a failure ends the process instead.
+func serveUntilDone(ctx context.Context, what string, hardFail bool, restart func(error), serve func() error) {
 	logger := klog.FromContext(ctx)
 	for {
 		err := serve()
 		if ctx.Err() != nil {
+			return
+		}
+		if hardFail {
+			restart(fmt.Errorf("%s server failed (--bind-address-hard-fail): %w", what, err))
 			return
 		}
 		logger.Error(err, "Server failed; restarting in 5s", "server", what)

@@ -72,6 +72,10 @@ const (
 // defaults are applied, keywords validated, CIDRs parsed. Consumers must not
 // need to re-validate anything here.
 type Config struct {
+	// ConfigFile is the --config file the settings came from ("" for flags only). Like
+	// upstream, the process exits when it changes, so the DaemonSet restarts it with the
+	// new settings.
+	ConfigFile string
 	// HostnameOverride is the node name to use, trimmed and lowercased.
 	// Empty means "use os.Hostname()" (resolved at startup, not here, so that
 	// this package stays pure).

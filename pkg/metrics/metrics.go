@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -261,9 +262,17 @@ func Register(reg prometheus.Registerer) error {
 
 // Handler returns the mux served on the metrics bind address: /metrics with
 // everything reg gathers, /healthz answering "ok" while the process serves
-// HTTP at all, and /proxyMode naming the proxy mode, as upstream's does.
-func Handler(reg prometheus.Gatherer, proxyMode string) http.Handler {
+// HTTP at all, and /proxyMode naming the proxy mode, as upstream's does; with profiling,
+// also Go's /debug/pprof handlers (--profiling).
+func Handler(reg prometheus.Gatherer, proxyMode string, profiling bool) http.Handler {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	// ContinueOnError: one broken collector should cost its own series, not
 	// the whole scrape.
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))

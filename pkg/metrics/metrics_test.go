@@ -158,7 +158,7 @@ func TestHandlerScrape(t *testing.T) {
 	// the histogram checked below from a known state.
 	NetworkProgrammingLatency.Reset()
 	touchAll()
-	h := Handler(reg, "iptables")
+	h := Handler(reg, "iptables", false)
 
 	code, _, body := get(t, h, "/metrics")
 	if code != http.StatusOK {

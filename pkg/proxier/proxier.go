@@ -285,6 +285,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 
 	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
 	metrics.IPTablesRulesTotal.WithLabelValues("nat", p.family).Set(float64(rs.NATRules))
+	metrics.IPTablesRulesLastSync.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
+	metrics.IPTablesRulesLastSync.WithLabelValues("nat", p.family).Set(float64(rs.WrittenNATRules - rs.DeletedNATChains))
 	for _, policy := range []string{"internal", "external"} {
 		metrics.SyncProxyRulesNoLocalEndpointsTotal.WithLabelValues(policy, p.family).Set(float64(rs.NoLocalEndpoints[policy]))
 	}

@@ -91,6 +91,8 @@ type Ruleset struct {
 	// FilterRules and NATRules count the rules the kernel will hold in our chains after
 	// the payload is applied, including those of services a partial payload skipped.
 	FilterRules, NATRules int
+	// WrittenNATRules counts the nat rules in the payload itself.
+	WrittenNATRules int
 	// ActiveNATChains lists the owned per-service and per-endpoint chains this render
 	// expects to exist afterwards, sorted; the next render deletes any others.
 	ActiveNATChains []string
@@ -196,6 +198,7 @@ func Render(req Request, opts Options) *Ruleset {
 		Payload:          payload,
 		FilterRules:      r.filter.count,
 		NATRules:         r.nat.count + r.skipped.count,
+		WrittenNATRules:  r.nat.count,
 		ActiveNATChains:  r.active,
 		DeletedNATChains: deleted,
 		LargeCluster:     r.largeCluster,

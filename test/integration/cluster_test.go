@@ -306,9 +306,9 @@ func wantRefused(t *testing.T, ns *netnstest.NS, addr string) {
 const dropTimeout = time.Second
 
 // wantDropped asserts that a TCP connection from ns to addr is silently dropped: the
-// dial times out, rather than being refused (a REJECT, or the node's own RST for a port
-// nothing listens on) or failing with an ICMP error (the gw namespace's "host
-// unreachable" for packets that no rule intercepted).
+// dial times out, rather than being refused (by a REJECT rule, or by the node's RST for
+// a port nothing listens on). A timeout alone does not say who dropped the packet: the
+// gw namespace drops what no rule intercepted, too.
 func wantDropped(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
 	var dialErr error

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,6 +22,27 @@ func loadBalancer(svc *v1.Service, ip string, sourceRanges ...string) *v1.Servic
 	svc.Spec.LoadBalancerSourceRanges = sourceRanges
 	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
 	return svc
+}
+
+// packets sums the packet counters of the rules in table's chain that contain match.
+func packets(t *testing.T, k *kproxy, table, chain, match string) uint64 {
+	t.Helper()
+	bin := iptables.BinaryName(k.ipt.Family(), k.ipt.Backend(), "save")
+	var sum uint64
+	for line := range strings.Lines(k.node.Run(t, bin, "-c", "-t", table)) {
+		// "[packets:bytes] -A CHAIN ..."
+		counters, rule, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || !strings.HasPrefix(rule, "-A "+chain+" ") || !strings.Contains(rule, match) {
+			continue
+		}
+		n, _, ok := strings.Cut(strings.Trim(counters, "[]"), ":")
+		v, err := strconv.ParseUint(n, 10, 64)
+		if !ok || err != nil {
+			t.Fatalf("malformed counters in %q", line)
+		}
+		sum += v
+	}
+	return sum
 }
 
 // TestLoadBalancerSourceRanges: connections to the load balancer IP are served when the
@@ -47,15 +69,26 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		reachesAll(t, c.client, "tcp", lbAddr, c.pods, podGateway)
 
 		// Only other sources allowed: the client's packets are not DNATed and are
-		// dropped. Without the DROP, they would be routed on to the gw namespace,
-		// which answers "host unreachable".
+		// dropped. Without kproxy's DROP they would be routed on to the gw namespace,
+		// which drops them too, so the DROP rule's counter proves who did.
 		next := loadBalancer(service("lb", "172.30.0.60", ports...), lbIngressIP, "203.0.113.0/24")
 		k.OnServiceUpdate(svc, next)
 		k.sync(t)
-		if nat := k.save(t, "nat"); !strings.Contains(nat, "-s 203.0.113.0/24 -j KUBE-EXT-") || strings.Contains(nat, clientAddr.String()+"/32") {
-			t.Fatalf("the load balancer firewall chain does not admit exactly 203.0.113.0/24:\n%s", nat)
+		var admitted []string
+		nat := k.save(t, "nat")
+		for line := range strings.Lines(nat) {
+			if strings.HasPrefix(line, "-A KUBE-FW-") && strings.Contains(line, "-j KUBE-EXT-") {
+				admitted = append(admitted, strings.Fields(line)[3])
+			}
 		}
+		if len(admitted) != 1 || admitted[0] != "203.0.113.0/24" {
+			t.Fatalf("the load balancer firewall admits %v, want only 203.0.113.0/24:\n%s", admitted, nat)
+		}
+		before := packets(t, k, "filter", "KUBE-PROXY-FIREWALL", "-j DROP")
 		wantDropped(t, c.client, lbAddr)
+		if after := packets(t, k, "filter", "KUBE-PROXY-FIREWALL", "-j DROP"); after <= before {
+			t.Errorf("TCP %s timed out, but KUBE-PROXY-FIREWALL's DROP counted %d packets before and %d after", lbAddr, before, after)
+		}
 		reachesAll(t, c.client, "tcp", nodePortAddr, c.pods, podGateway)
 		reachesAll(t, c.client, "tcp", "172.30.0.60:80", c.pods, podGateway)
 	})
