@@ -39,6 +39,7 @@ import (
 // DaemonSets that split setup into an init container.
 func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 	logger := klog.FromContext(ctx)
+	warnInert(ctx, cfg)
 	if err := nodeSetup(ctx, cfg); err != nil {
 		return err
 	}
@@ -140,6 +141,18 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 		return cause
 	}
 	return nil
+}
+
+// warnInert says which accepted settings change nothing in kproxy, so an operator does
+// not wait for an effect that will not come.
+func warnInert(ctx context.Context, cfg *config.Config) {
+	logger := klog.FromContext(ctx)
+	for gate, on := range cfg.FeatureGates {
+		logger.Info("Warning: feature gates are accepted for compatibility but kproxy implements the behaviour of the default gates", "gate", gate, "value", on)
+	}
+	if cfg.Logging.Format != "" && cfg.Logging.Format != "text" {
+		logger.Info("Warning: only text logging is implemented", "requestedFormat", cfg.Logging.Format)
+	}
 }
 
 // nodeSetup applies the node-wide kernel settings, as upstream does before proxying.
