@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -49,8 +50,8 @@ func TestSessionAffinity(t *testing.T) {
 		k.load(svc, endpointSlice("sticky", http, c.pods...))
 		k.sync(t)
 		const addr = "172.30.0.20:80"
-		if nat := k.save(t, "nat"); !strings.Contains(nat, "--rcheck --seconds 2 --reap") {
-			t.Fatalf("no affinity rule with the service's 2s timeout in the nat table:\n%s", nat)
+		if nat, want := k.save(t, "nat"), fmt.Sprintf("--rcheck --seconds %d --reap", affinityTimeout); !strings.Contains(nat, want) {
+			t.Fatalf("no affinity rule with the service's timeout (%q) in the nat table:\n%s", want, nat)
 		}
 
 		// Without affinity, 20 connections reaching one of three endpoints has odds of

@@ -201,6 +201,11 @@ func exchange(network, addr string) (reply, error) {
 			return reply{}, err
 		}
 	}
+	return parseReply(data)
+}
+
+// parseReply parses an echo server's line.
+func parseReply(data []byte) (reply, error) {
 	fields := strings.Fields(string(data))
 	if len(fields) != 2 {
 		return reply{}, fmt.Errorf("malformed reply %q", data)
@@ -298,6 +303,22 @@ func wantRefused(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
 	if err := dialErr(t, ns, addr); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("TCP %s from %s: got %v, want ECONNREFUSED", addr, ns.Name(), err)
+	}
+}
+
+// wantRefusedUDP asserts that a UDP datagram from ns to addr is refused: the REJECT's
+// ICMP port unreachable surfaces on the connected socket.
+func wantRefusedUDP(t *testing.T, ns *netnstest.NS, addr string) {
+	t.Helper()
+	var udpErr error
+	if err := ns.Do(func() error {
+		_, udpErr = exchange("udp", addr)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(udpErr, syscall.ECONNREFUSED) {
+		t.Errorf("UDP %s from %s: got %v, want ECONNREFUSED", addr, ns.Name(), udpErr)
 	}
 }
 

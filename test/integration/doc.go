@@ -16,6 +16,10 @@
 // (where kproxy rejects them) instead of failing the route lookup first. Nothing routes
 // out of the namespaces, and the root namespace is never touched.
 //
+// The proxier runs as node "node-1": endpoints with that nodeName are local, which
+// traffic-policy tests use. TestIPv6 builds the same topology in IPv6 (ipv6_test.go),
+// with duplicate address detection off so addresses are usable at once.
+//
 // Echo servers run in-process inside the pod namespaces and answer with the pod's name
 // and the source address they saw, so tests can assert both load balancing and
 // masquerading. The tests need root and skip without it, or without a backend's

@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
 
 	discovery "k8s.io/api/discovery/v1"
@@ -123,17 +121,7 @@ func TestNoEndpointsRejects(t *testing.T) {
 
 		wantRefused(t, c.client, "172.30.0.30:80")
 		wantRefused(t, c.client, nodePortAddr)
-		// UDP: the REJECT's ICMP port unreachable surfaces on the connected socket.
-		var udpErr error
-		if err := c.client.Do(func() error {
-			_, udpErr = exchange("udp", "172.30.0.30:53")
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if !errors.Is(udpErr, syscall.ECONNREFUSED) {
-			t.Errorf("UDP 172.30.0.30:53: got %v, want ECONNREFUSED", udpErr)
-		}
+		wantRefusedUDP(t, c.client, "172.30.0.30:53")
 	})
 }
 
