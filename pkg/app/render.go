@@ -112,7 +112,7 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 	for _, j := range rules.BuiltinJumps() {
 		fmt.Fprintf(out, "#   %s\n", j)
 	}
-	if _, err := out.Write(rs.Payload); err != nil {
+	if _, err := out.Write(rs.Payload()); err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
 	if invalid > 0 {

@@ -155,6 +155,11 @@ func warnInert(ctx context.Context, cfg *config.Config) {
 	}
 }
 
+// nftMaxChainsPerBatch splits large syncs on the nft backend, where iptables-restore
+// spends time proportional to (rules appended) x (chains declared) within one batch; see
+// docs/performance.md for the measurements behind the value.
+const nftMaxChainsPerBatch = 500
+
 // nodeSetup applies the node-wide kernel settings, as upstream does before proxying.
 func nodeSetup(ctx context.Context, cfg *config.Config) error {
 	logger := klog.FromContext(ctx)
@@ -210,6 +215,9 @@ func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamil
 		healthAddrs = slices.DeleteFunc(healthAddrs, func(a netip.Addr) bool {
 			return !slices.ContainsFunc(opts.NodePortAddresses, func(p netip.Prefix) bool { return p.Contains(a) })
 		})
+	}
+	if ipt.Backend() == iptables.BackendNFT {
+		opts.MaxChainsPerBatch = nftMaxChainsPerBatch
 	}
 	serviceHealth := healthcheck.NewServiceHealthServer(family, healthAddrs, health, nil)
 	p := proxier.New(ctx, proxier.Config{

@@ -112,13 +112,17 @@ func (s *Snapshot) SortedServiceNames() []ServicePortName {
 	for n := range s.Services {
 		names = append(names, n)
 	}
-	sort.Slice(names, func(i, j int) bool {
-		if c := strings.Compare(names[i].String(), names[j].String()); c != 0 {
-			return c < 0
-		}
-		return names[i].Protocol < names[j].Protocol
-	})
+	sort.Slice(names, func(i, j int) bool { return names[i].Less(names[j]) })
 	return names
+}
+
+// Less orders service ports by name, then protocol: the order of their rules in the
+// shared dispatch chains.
+func (n ServicePortName) Less(o ServicePortName) bool {
+	if c := strings.Compare(n.String(), o.String()); c != 0 {
+		return c < 0
+	}
+	return n.Protocol < o.Protocol
 }
 
 // Node is what rendering and endpoint selection need to know about this node.

@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -134,8 +135,10 @@ func TestRuleCountMetricsAndLargeClusterMode(t *testing.T) {
 	if !p.largeCluster {
 		t.Fatal("1001 endpoints did not switch to large-cluster mode")
 	}
-	// In large clusters the hourly full sync is skipped.
+	// In large clusters the hourly full sync is skipped: two hours on, an endpoint
+	// change is still applied incrementally.
 	clk.Step(2 * FullSyncPeriod)
+	big.Endpoints = append(big.Endpoints, discovery.Endpoint{Addresses: []string{"10.3.0.1"}})
 	p.OnEndpointSliceUpdate(nil, big)
 	before := ipt.RestoreCalls()
 	if err := p.Sync(context.Background()); err != nil {
@@ -143,5 +146,8 @@ func TestRuleCountMetricsAndLargeClusterMode(t *testing.T) {
 	}
 	if ipt.RestoreCalls() != before+1 || !p.lastFullSync.Before(clk.Now().Add(-FullSyncPeriod)) {
 		t.Error("large-cluster mode ran the hourly full sync")
+	}
+	if bytes.Contains(ipt.LastPayload(), []byte(":KUBE-SERVICES")) {
+		t.Error("the incremental sync rewrote KUBE-SERVICES")
 	}
 }

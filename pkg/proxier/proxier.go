@@ -79,13 +79,12 @@ type Proxier struct {
 	// Sync state, touched only by the runner's goroutine.
 	needFullSync bool
 	lastFullSync time.Time
-	// ownedChains are the per-service nat chains the last successful sync left behind;
-	// the next sync deletes those it no longer renders.
-	ownedChains []string
+	// state is what the last successful sync rendered, which the kernel now holds; an
+	// incremental sync edits it. nil forces a full sync.
+	state *rules.State
 	// largeCluster is the previous sync's large-cluster mode: it skips the hourly full
-	// sync and lists stale chains at most once per sync period.
+	// sync.
 	largeCluster bool
-	lastChainGC  time.Time
 }
 
 // New builds a proxier; call Run to start syncing.
@@ -222,22 +221,19 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	// sync can be sure to write them.
 	p.needFullSync = true
 
+	var existing []string
 	if full {
 		if err := p.ensureJumps(ctx); err != nil {
 			return err
 		}
-	}
-	existing := p.ownedChains
-	// Listing the kernel's chains catches leftovers of an earlier kproxy or kube-proxy.
-	// In large clusters the listing itself is slow, so it runs at most once per period.
-	if full || !p.largeCluster || start.Sub(p.lastChainGC) > p.cfg.SyncPeriod {
+		// A full sync looks at what is really there, to delete leftovers of an earlier
+		// kproxy or kube-proxy (e.g. after a restart). Incremental syncs know from the
+		// previous state which chains their changes made stale.
 		saved, err := p.cfg.IPTables.SaveChains(ctx, "nat")
 		if err != nil {
-			logger.Error(err, "Listing nat chains failed; stale chains are kept until a later sync")
-		} else {
-			existing = saved
-			p.lastChainGC = start
+			logger.Error(err, "Listing nat chains failed; stale chains are kept until a later full sync")
 		}
+		existing = saved
 	}
 	var localAddrs []netip.Addr
 	if len(p.cfg.Rules.NodePortAddresses) > 0 {
@@ -250,29 +246,40 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	node := p.cfg.Node
 	node.Zone = *p.zone.Load()
 
-	rs := rules.Render(rules.Request{
+	req := rules.Request{
 		Snapshot:          snap,
-		Partial:           !full,
 		Changed:           changes.Services,
 		ExistingNATChains: existing,
 		Node:              node,
 		LocalAddrs:        localAddrs,
-	}, p.cfg.Rules)
+	}
+	if !full {
+		req.Previous, req.Partial = p.state, true
+	}
+	rs := rules.Render(req, p.cfg.Rules)
+	// Until every batch is applied, the kernel holds neither the old state nor the new.
+	p.state = nil
 
-	logger.V(9).Info("Restoring", "payload", string(rs.Payload))
-	if err := p.cfg.IPTables.Restore(ctx, rs.Payload); err != nil {
-		metrics.IPTablesRestoreFailuresTotal.WithLabelValues(p.family).Inc()
-		if !full {
-			metrics.IPTablesPartialRestoreFailuresTotal.WithLabelValues(p.family).Inc()
+	// One iptables-restore runs all batches, a commit each: on the nft backend one
+	// process with many commits is faster than a process per batch, which reloads the
+	// whole ruleset each time.
+	if len(rs.Batches) > 0 {
+		payload := rs.Payload()
+		logger.V(9).Info("Restoring", "batches", len(rs.Batches), "payload", string(payload))
+		if err := p.cfg.IPTables.Restore(ctx, payload); err != nil {
+			metrics.IPTablesRestoreFailuresTotal.WithLabelValues(p.family).Inc()
+			if !full {
+				metrics.IPTablesPartialRestoreFailuresTotal.WithLabelValues(p.family).Inc()
+			}
+			var perr *iptables.ParseError
+			if errors.As(err, &perr) {
+				logger.Error(err, "iptables-restore failed; batches before the failing one are applied, each service whole", "line", perr.Line,
+					"context", iptables.LinesAround(payload, perr.Line, 3))
+			} else {
+				logger.Error(err, "iptables-restore failed", "batches", len(rs.Batches))
+			}
+			return fmt.Errorf("restoring %s rules: %w", p.family, err)
 		}
-		var perr *iptables.ParseError
-		if errors.As(err, &perr) {
-			logger.Error(err, "iptables-restore failed; the old rules stay in place", "line", perr.Line,
-				"context", iptables.LinesAround(rs.Payload, perr.Line, 3))
-		} else {
-			logger.Error(err, "iptables-restore failed; the old rules stay in place")
-		}
-		return fmt.Errorf("restoring %s rules: %w", p.family, err)
 	}
 
 	now := p.cfg.Clock.Now()
@@ -280,7 +287,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if full {
 		p.lastFullSync = now
 	}
-	p.ownedChains = rs.ActiveNATChains
+	p.state = rs.State
 	p.largeCluster = rs.LargeCluster
 
 	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
@@ -300,7 +307,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.afterSync(ctx, snap, changes)
 	logger.V(2).Info("Synced rules", "full", full, "changedServices", len(changes.Services),
 		"services", len(snap.Services), "natRules", rs.NATRules, "filterRules", rs.FilterRules,
-		"deletedChains", rs.DeletedNATChains, "bytes", len(rs.Payload), "largeCluster", rs.LargeCluster,
+		"deletedChains", rs.DeletedNATChains, "batches", len(rs.Batches), "largeCluster", rs.LargeCluster,
 		"elapsed", p.cfg.Clock.Since(start))
 	return nil
 }

@@ -35,7 +35,7 @@ func BenchmarkRender10kServices5Endpoints(b *testing.B) {
 	var bytes int
 	for i := 0; i < b.N; i++ {
 		rs := rules.Render(rules.Request{Snapshot: snap}, opts)
-		bytes = len(rs.Payload)
+		bytes = len(rs.Payload())
 	}
 	b.ReportMetric(float64(bytes), "payload-bytes")
 }

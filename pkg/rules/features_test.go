@@ -216,7 +216,7 @@ func TestLargeClusterDropsEndpointComments(t *testing.T) {
 	for _, n := range []int{rules.LargeClusterEndpoints, rules.LargeClusterEndpoints + 1} {
 		snap := largeSnapshot(1, n)
 		rs := rules.Render(rules.Request{Snapshot: snap}, defaultOptions())
-		payload := string(rs.Payload)
+		payload := string(rs.Payload())
 		hasEndpointComments := strings.Contains(payload, "-m comment --comment ns0/svc0:http -m tcp -p tcp -j DNAT")
 		if large := n > rules.LargeClusterEndpoints; rs.LargeCluster != large || hasEndpointComments == large {
 			t.Errorf("%d endpoints: LargeCluster=%t, endpoint comments present=%t", n, rs.LargeCluster, hasEndpointComments)

@@ -4,10 +4,10 @@
 package rules
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"sort"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -60,6 +60,10 @@ type Options struct {
 	// NodePortAddresses limits node ports to local addresses in these ranges; empty means
 	// every local address.
 	NodePortAddresses []netip.Prefix
+	// MaxChainsPerBatch splits large syncs into batches that each declare at most this
+	// many per-service chains (0: one batch). The nft backend needs it: there each rule a
+	// batch appends costs time in proportion to the chains the batch declares.
+	MaxChainsPerBatch int
 }
 
 // MasqueradeMark is the packet mark that asks KUBE-POSTROUTING to masquerade, written as
@@ -69,13 +73,18 @@ func (o Options) MasqueradeMark() string { return fmt.Sprintf("%#08x", 1<<o.Masq
 // Request is one sync's input beyond the node-wide options.
 type Request struct {
 	Snapshot *model.Snapshot
-	// Partial limits the per-service chains written to those of Changed services; every
-	// other service's chains are left as they are in the kernel (iptables-restore
-	// --noflush keeps unmentioned chains). The dispatch chains are always written in full.
+	// Previous is the State of the last render whose batches were all applied; nil when
+	// unknown (first sync, or after a failure).
+	Previous *State
+	// Partial asks for an incremental payload against Previous: only the chains of
+	// Changed services are rewritten, and the shared dispatch chains (KUBE-SERVICES, ...)
+	// are edited with targeted deletes and inserts instead of being rewritten. Without a
+	// Previous the render is full.
 	Partial bool
 	Changed map[types.NamespacedName]bool
-	// ExistingNATChains are nat chains that may exist from earlier syncs or from a previous
-	// proxy; those we own and no longer render are flushed and deleted in the same payload.
+	// ExistingNATChains are nat chains listed from the kernel; those we own and no longer
+	// render are flushed and deleted. Partial renders also delete the chains their
+	// changed services stopped using, known from Previous.
 	ExistingNATChains []string
 	// Node is this node: its name and zone pick local and topology-preferred endpoints,
 	// its IP lets it reach load balancers that filter sources.
@@ -85,18 +94,21 @@ type Request struct {
 	LocalAddrs []netip.Addr
 }
 
-// Ruleset is the rendered result: the exact iptables-restore input and its vital counts.
+// Ruleset is the rendered result: the iptables-restore inputs and the vital counts.
 type Ruleset struct {
-	Payload []byte
+	// Batches are the iptables-restore inputs, to apply in order. There is one unless
+	// Options.MaxChainsPerBatch split a large sync; every batch leaves each service either
+	// as it was or as it will be, never half-written.
+	Batches [][]byte
+	// Partial reports whether the batches are incremental (they assume the kernel holds
+	// Request.Previous).
+	Partial bool
 	// FilterRules and NATRules count the rules the kernel will hold in our chains after
-	// the payload is applied, including those of services a partial payload skipped.
+	// the batches are applied, including those of services an incremental sync left alone.
 	FilterRules, NATRules int
-	// WrittenNATRules counts the nat rules in the payload itself.
+	// WrittenNATRules counts the nat rules the batches append or insert.
 	WrittenNATRules int
-	// ActiveNATChains lists the owned per-service and per-endpoint chains this render
-	// expects to exist afterwards, sorted; the next render deletes any others.
-	ActiveNATChains []string
-	// DeletedNATChains counts stale chains the payload deletes.
+	// DeletedNATChains counts stale chains the batches delete.
 	DeletedNATChains int
 	// LargeCluster is set above LargeClusterEndpoints endpoints: per-endpoint comments are
 	// left out to keep the payload small.
@@ -104,147 +116,128 @@ type Ruleset struct {
 	// NoLocalEndpoints counts service ports whose Local policy has no local endpoint while
 	// the service has endpoints elsewhere, by traffic policy ("internal", "external").
 	NoLocalEndpoints map[string]int
+	// State is what the next render needs once these batches are applied.
+	State *State
 }
+
+// Payload is all batches as one iptables-restore input (one commit per batch).
+func (rs *Ruleset) Payload() []byte { return bytes.Join(rs.Batches, nil) }
 
 // LargeClusterEndpoints is the endpoint count above which the per-endpoint rule comments
 // are dropped; upstream uses the same threshold, so rule text stays identical.
 const LargeClusterEndpoints = 1000
 
-// writer accumulates one table's chain declarations and rules. A skipped writer counts
-// rules without keeping their text; partial syncs use it for unchanged services so that
-// the rule counts stay those of the whole ruleset.
-type writer struct {
-	chains []byte
-	rules  []byte
-	count  int
-	skip   bool
-}
-
-func (w *writer) chain(name string) {
-	if w.skip {
-		return
-	}
-	w.chains = append(w.chains, ':')
-	w.chains = append(w.chains, name...)
-	w.chains = append(w.chains, " - [0:0]\n"...)
-}
-
-// rule appends "-A chain args...". Arguments are written as they are, except that an
-// argument containing a space is wrapped in double quotes (comments); callers guarantee
-// that no argument contains a double quote or a newline (the trackers reject such names).
-func (w *writer) rule(chain string, args ...string) {
-	w.count++
-	if w.skip {
-		return
-	}
-	w.rules = append(w.rules, "-A "...)
-	w.rules = append(w.rules, chain...)
-	for _, a := range args {
-		w.rules = append(w.rules, ' ')
-		if strings.IndexByte(a, ' ') >= 0 {
-			w.rules = append(w.rules, '"')
-			w.rules = append(w.rules, a...)
-			w.rules = append(w.rules, '"')
-		} else {
-			w.rules = append(w.rules, a...)
-		}
-	}
-	w.rules = append(w.rules, '\n')
-}
-
 // renderer carries one Render call's state.
 type renderer struct {
-	opts        Options
-	mark        string
-	filter, nat writer
-	// natSvc receives per-service nat chains; it is nat itself or a skipping writer.
-	natSvc  *writer
-	skipped writer
-	active  []string
-	node    model.Node
+	opts Options
+	mark string
+	node model.Node
 	// largeCluster drops per-endpoint comments (see LargeClusterEndpoints).
 	largeCluster bool
-	noLocal      map[string]int
+	// own receives the rendered services' own chains (declarations and rules); rec is
+	// the record of the service port being rendered.
+	own lineBuffer
+	rec *portRecord
 }
 
-// Render turns a snapshot into the iptables-restore payload for one IP family.
+// Render turns a snapshot into the iptables-restore input for one IP family.
 func Render(req Request, opts Options) *Ruleset {
-	r := &renderer{opts: opts, mark: opts.MasqueradeMark(), node: req.Node, noLocal: map[string]int{}}
-	r.skipped.skip = true
-	r.largeCluster = r.presize(req.Snapshot) > LargeClusterEndpoints
-
-	r.writeFixedChains()
-	for _, name := range req.Snapshot.SortedServiceNames() {
-		r.natSvc = &r.nat
-		if req.Partial && !req.Changed[name.NamespacedName] {
-			r.natSvc = &r.skipped
-		}
-		r.writeServicePort(req.Snapshot.Services[name], req.Snapshot.Endpoints[name])
-	}
-	sort.Strings(r.active)
-	deleted := r.writeStaleChainDeletions(req.ExistingNATChains)
-	r.writeNodePortsTail(req.LocalAddrs)
-	r.writeForwardRules()
-
-	payload := make([]byte, 0, len(r.filter.chains)+len(r.filter.rules)+len(r.nat.chains)+len(r.nat.rules)+32)
-	payload = append(payload, "*filter\n"...)
-	payload = append(payload, r.filter.chains...)
-	payload = append(payload, r.filter.rules...)
-	payload = append(payload, "COMMIT\n*nat\n"...)
-	payload = append(payload, r.nat.chains...)
-	payload = append(payload, r.nat.rules...)
-	payload = append(payload, "COMMIT\n"...)
-	return &Ruleset{
-		Payload:          payload,
-		FilterRules:      r.filter.count,
-		NATRules:         r.nat.count + r.skipped.count,
-		WrittenNATRules:  r.nat.count,
-		ActiveNATChains:  r.active,
-		DeletedNATChains: deleted,
-		LargeCluster:     r.largeCluster,
-		NoLocalEndpoints: r.noLocal,
-	}
-}
-
-// presize reserves buffer space from the snapshot's size, so that rendering a large
-// cluster does not spend its time copying buffers as they grow. The figures are rough
-// per-rule byte counts of typical rules; overshooting costs only untouched memory.
-// It returns the number of endpoints.
-func (r *renderer) presize(snap *model.Snapshot) int {
+	snap := req.Snapshot
 	endpoints := 0
 	for _, eps := range snap.Endpoints {
 		endpoints += len(eps)
 	}
-	services := len(snap.Services)
-	r.nat.chains = make([]byte, 0, 40*(2*services+endpoints)+1024)
-	r.nat.rules = make([]byte, 0, 180*(4*services+3*endpoints)+4096)
-	r.filter.rules = make([]byte, 0, 4096)
-	r.active = make([]string, 0, 2*services+endpoints)
-	return endpoints
+	r := &renderer{opts: opts, mark: opts.MasqueradeMark(), node: req.Node, largeCluster: endpoints > LargeClusterEndpoints}
+	prev := req.Previous
+	partial := req.Partial && prev != nil
+	// Records of unchanged services are reused only if nothing that shapes every rule
+	// changed since; otherwise every service is rendered again (still incrementally).
+	reuse := partial && prev.compatible(opts, req.Node, r.largeCluster)
+
+	st := newState(opts, req.Node, r.largeCluster, snap.SortedServiceNames())
+	if !reuse {
+		r.own.grow(40*(2*len(snap.Services)+endpoints)+180*(3*endpoints+2*len(snap.Services)), 2*len(snap.Services)+endpoints)
+	}
+	var rendered []renderedPort
+	for _, name := range st.order {
+		if reuse && !req.Changed[name.NamespacedName] {
+			if rec, ok := prev.records[name]; ok {
+				st.records[name] = rec
+				continue
+			}
+		}
+		rec := &portRecord{}
+		r.rec = rec
+		start := r.own.mark()
+		r.writeServicePort(snap.Services[name], snap.Endpoints[name])
+		end := r.own.mark()
+		rec.ownNATRules = end.nRules - start.nRules
+		st.records[name] = rec
+		rendered = append(rendered, renderedPort{rec: rec, start: start, end: end})
+	}
+	st.tail = r.nodePortsTail(req.LocalAddrs)
+
+	stale := st.staleChains(prev, partial, req.ExistingNATChains)
+	rs := &Ruleset{Partial: partial, LargeCluster: r.largeCluster, State: st, DeletedNATChains: len(stale)}
+	rs.FilterRules, rs.NATRules, rs.NoLocalEndpoints = st.counts(r.fixedFilterRules(), fixedNATRules)
+	p := planner{r: r, st: st, prev: prev, partial: partial, rendered: rendered, stale: stale, maxChains: opts.MaxChainsPerBatch}
+	rs.Batches, rs.WrittenNATRules = p.batches()
+	return rs
 }
 
-// writeFixedChains declares every chain we own in both tables (so each sync flushes and
-// refills them) and writes the rules that do not depend on services.
-func (r *renderer) writeFixedChains() {
-	for _, c := range []string{ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall} {
-		r.filter.chain(c)
+// fixedNATRules is the number of nat rules that do not depend on services: three in
+// KUBE-POSTROUTING, one in KUBE-MARK-MASQ (the node-ports tail is counted with the tail).
+const fixedNATRules = 4
+
+// fixedFilterRules counts the filter rules that do not depend on services.
+func (r *renderer) fixedFilterRules() int {
+	n := 2 // KUBE-FORWARD: marked and RELATED,ESTABLISHED
+	if r.opts.DropInvalid {
+		n++
 	}
 	if r.localhostNodePorts() {
-		r.filter.chain(ChainFirewall)
-		r.filter.rule(ChainFirewall, "-m", "comment", "--comment", "block incoming localnet connections",
+		n++
+	}
+	return n
+}
+
+// writeFixedFilter writes the filter chains' declarations and the rules that do not
+// depend on services.
+func (r *renderer) writeFixedFilter(b *lineBuffer) {
+	for _, c := range []string{ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall} {
+		b.chain(c)
+	}
+	if r.localhostNodePorts() {
+		b.chain(ChainFirewall)
+		b.rule(ChainFirewall, "-m", "comment", "--comment", "block incoming localnet connections",
 			"-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
 			"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
 	}
+	if r.opts.DropInvalid {
+		// An INVALID packet would otherwise bypass the DNAT reversal and reach the client
+		// with the pod's address, which answers it with a RST.
+		b.rule(ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	}
+	// Let forwarded service traffic through a host firewall whose FORWARD policy is
+	// DROP: marked (masqueraded) packets and replies of tracked connections.
+	b.rule(ChainForward, "-m", "comment", "--comment", "kubernetes forwarding rules",
+		"-m", "mark", "--mark", r.mark+"/"+r.mark, "-j", "ACCEPT")
+	b.rule(ChainForward, "-m", "comment", "--comment", "kubernetes forwarding conntrack rule",
+		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+}
+
+// writeFixedNAT declares the fixed nat chains and writes their rules.
+func (r *renderer) writeFixedNAT(b *lineBuffer) {
 	for _, c := range []string{ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq} {
-		r.nat.chain(c)
+		b.chain(c)
 	}
 	// Only packets carrying our mark are masqueraded; the mark is cleared first so that a
 	// packet re-entering the stack (e.g. over a tunnel) is not masqueraded twice.
-	r.nat.rule(ChainPostrouting, "-m", "mark", "!", "--mark", r.mark+"/"+r.mark, "-j", "RETURN")
-	r.nat.rule(ChainPostrouting, "-j", "MARK", "--xor-mark", r.mark)
-	r.nat.rule(ChainPostrouting, "-m", "comment", "--comment", "kubernetes service traffic requiring SNAT",
+	b.rule(ChainPostrouting, "-m", "mark", "!", "--mark", r.mark+"/"+r.mark, "-j", "RETURN")
+	b.rule(ChainPostrouting, "-j", "MARK", "--xor-mark", r.mark)
+	b.rule(ChainPostrouting, "-m", "comment", "--comment", "kubernetes service traffic requiring SNAT",
 		"-j", "MASQUERADE", "--random-fully")
-	r.nat.rule(ChainMarkMasq, "-j", "MARK", "--or-mark", r.mark)
+	b.rule(ChainMarkMasq, "-j", "MARK", "--or-mark", r.mark)
 }
 
 // localhostNodePorts reports whether node ports also answer on 127.0.0.0/8; IPv6 has no
@@ -253,32 +246,11 @@ func (r *renderer) localhostNodePorts() bool {
 	return r.opts.LocalhostNodePorts && r.opts.Family != v1.IPv6Protocol
 }
 
-// writeStaleChainDeletions flushes and deletes owned chains that exist but are no longer
-// rendered. Declaring a chain flushes it, so its jumps to other stale chains are gone
-// before any of them is deleted, all within one atomic commit.
-func (r *renderer) writeStaleChainDeletions(existing []string) int {
-	var stale []string
-	for _, c := range existing {
-		if !IsOwnedServiceChain(c) {
-			continue
-		}
-		if i := sort.SearchStrings(r.active, c); i < len(r.active) && r.active[i] == c {
-			continue
-		}
-		stale = append(stale, c)
-	}
-	sort.Strings(stale)
-	for _, c := range stale {
-		r.nat.chain(c)
-		r.nat.rules = append(r.nat.rules, "-X "+c+"\n"...)
-	}
-	return len(stale)
-}
-
-// writeNodePortsTail sends traffic addressed to the node on to KUBE-NODEPORTS. It must
-// stay the last rule of KUBE-SERVICES: cluster, external and load balancer IPs are
-// matched first.
-func (r *renderer) writeNodePortsTail(localAddrs []netip.Addr) {
+// nodePortsTail renders the rules that send traffic addressed to the node on to
+// KUBE-NODEPORTS. They must stay the last rules of KUBE-SERVICES: cluster, external and
+// load balancer IPs are matched first.
+func (r *renderer) nodePortsTail(localAddrs []netip.Addr) lines {
+	var b lines
 	comment := []string{"-m", "comment", "--comment", "kubernetes service nodeports; NOTE: this must be the last rule in this chain"}
 	if len(r.opts.NodePortAddresses) == 0 {
 		args := append(comment, "-m", "addrtype", "--dst-type", "LOCAL")
@@ -288,8 +260,8 @@ func (r *renderer) writeNodePortsTail(localAddrs []netip.Addr) {
 		case !r.opts.LocalhostNodePorts:
 			args = append(args, "!", "-d", "127.0.0.0/8")
 		}
-		r.nat.rule(ChainServices, append(args, "-j", ChainNodePorts)...)
-		return
+		b.rule(ChainServices, append(args, "-j", ChainNodePorts)...)
+		return b
 	}
 	addrs := append([]netip.Addr(nil), localAddrs...)
 	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
@@ -299,23 +271,10 @@ func (r *renderer) writeNodePortsTail(localAddrs []netip.Addr) {
 		}
 		for _, p := range r.opts.NodePortAddresses {
 			if p.Contains(a) {
-				r.nat.rule(ChainServices, append(comment, "-d", a.String(), "-j", ChainNodePorts)...)
+				b.rule(ChainServices, append(comment, "-d", a.String(), "-j", ChainNodePorts)...)
 				break
 			}
 		}
 	}
-}
-
-// writeForwardRules lets forwarded service traffic through a host firewall whose FORWARD
-// policy is DROP: marked (masqueraded) packets and replies of tracked connections.
-func (r *renderer) writeForwardRules() {
-	if r.opts.DropInvalid {
-		// An INVALID packet would otherwise bypass the DNAT reversal and reach the client
-		// with the pod's address, which answers it with a RST.
-		r.filter.rule(ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-	}
-	r.filter.rule(ChainForward, "-m", "comment", "--comment", "kubernetes forwarding rules",
-		"-m", "mark", "--mark", r.mark+"/"+r.mark, "-j", "ACCEPT")
-	r.filter.rule(ChainForward, "-m", "comment", "--comment", "kubernetes forwarding conntrack rule",
-		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+	return b
 }

@@ -61,8 +61,8 @@ func applied(t *testing.T, req rules.Request, opts rules.Options) (rulestest.Tab
 	t.Helper()
 	rs := rules.Render(req, opts)
 	tables := rulestest.NewTables()
-	if err := tables.Apply(rs.Payload); err != nil {
-		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload)
+	if err := tables.Apply(rs.Payload()); err != nil {
+		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload())
 	}
 	for _, j := range rules.BuiltinJumps() {
 		tb := tables[j.Table]
@@ -124,15 +124,18 @@ func TestRuleTextMatchesUpstream(t *testing.T) {
 		`-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
 		`-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`,
 	} {
-		if !strings.Contains(string(rs.Payload), want+"\n") {
-			t.Errorf("payload lacks upstream's line\n  %s\npayload:\n%s", want, rs.Payload)
+		if !strings.Contains(string(rs.Payload()), want+"\n") {
+			t.Errorf("payload lacks upstream line\n  %s\npayload:\n%s", want, rs.Payload())
 		}
 	}
-	// The node-ports tail must be the last nat rule.
-	nat := string(rs.Payload[strings.Index(string(rs.Payload), "*nat"):])
-	lines := strings.Split(strings.TrimSuffix(nat, "COMMIT\n"), "\n")
-	if last := lines[len(lines)-2]; !strings.Contains(last, "-j KUBE-NODEPORTS") {
-		t.Errorf("last nat line is %q, want the node-ports tail", last)
+	// The node-ports tail must be the last rule of nat KUBE-SERVICES.
+	tables := rulestest.NewTables()
+	if err := tables.Apply(rs.Payload()); err != nil {
+		t.Fatal(err)
+	}
+	svcRules := tables["nat"].Chains[rules.ChainServices]
+	if last := svcRules[len(svcRules)-1].Target(); last != rules.ChainNodePorts {
+		t.Errorf("last rule of KUBE-SERVICES jumps to %q, want the node-ports tail", last)
 	}
 }
 
@@ -150,8 +153,8 @@ func TestLocalDetectors(t *testing.T) {
 		opts := defaultOptions()
 		opts.LocalDetector = tc.d
 		rs := rules.Render(rules.Request{Snapshot: b.snap}, opts)
-		if !strings.Contains(string(rs.Payload), "--dport 80 "+tc.want+"\n") {
-			t.Errorf("payload lacks %q:\n%s", tc.want, rs.Payload)
+		if !strings.Contains(string(rs.Payload()), "--dport 80 "+tc.want+"\n") {
+			t.Errorf("payload lacks %q:\n%s", tc.want, rs.Payload())
 		}
 	}
 }

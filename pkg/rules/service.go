@@ -67,31 +67,31 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 	default:
 		if !hasInternal {
 			internalTarget, internalComment = "DROP", p.name+" has no local endpoints"
-			r.noLocal["internal"]++
+			r.rec.noLocalInternal = true
 		}
 		if !hasExternal {
 			externalTarget, externalComment = "DROP", p.name+" has no local endpoints"
-			r.noLocal["external"]++
+			r.rec.noLocalExternal = true
 		}
 	}
 
 	clusterIP := svc.ClusterIP.String()
 	if hasInternal {
-		r.nat.rule(ChainServices, "-m", "comment", "--comment", p.name+" cluster IP",
+		r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" cluster IP",
 			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", internalChain)
 	} else {
-		r.filter.rule(ChainServices, "-m", "comment", "--comment", internalComment,
+		r.rec.shared[filterServices].rule(ChainServices, "-m", "comment", "--comment", internalComment,
 			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", internalTarget)
 	}
 
 	for _, ip := range svc.ExternalIPs {
 		dst := ip.String()
 		if hasEndpoints {
-			r.nat.rule(ChainServices, "-m", "comment", "--comment", p.name+" external IP",
+			r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" external IP",
 				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", p.extChain)
 		}
 		if !hasExternal {
-			r.filter.rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
+			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
 				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", externalTarget)
 		}
 	}
@@ -99,18 +99,18 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 	for _, ip := range svc.LoadBalancerVIPs {
 		dst := ip.String()
 		if hasEndpoints {
-			r.nat.rule(ChainServices, "-m", "comment", "--comment", p.name+" loadbalancer IP",
+			r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" loadbalancer IP",
 				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", lbChain)
 		}
 		if usesFWChain {
 			// Packets KUBE-FW-* did not DNAT still carry the load balancer IP: drop them.
-			r.filter.rule(ChainProxyFirewall, "-m", "comment", "--comment", p.name+" traffic not accepted by "+p.fwChain,
+			r.rec.shared[filterProxyFirewall].rule(ChainProxyFirewall, "-m", "comment", "--comment", p.name+" traffic not accepted by "+p.fwChain,
 				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", "DROP")
 		}
 	}
 	if !hasExternal {
 		for _, ip := range svc.LoadBalancerVIPs {
-			r.filter.rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
+			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
 				"-m", p.proto, "-p", p.proto, "-d", ip.String(), "--dport", p.port, "-j", externalTarget)
 		}
 	}
@@ -120,11 +120,11 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 		if hasEndpoints {
 			// Node ports are not subject to loadBalancerSourceRanges (upstream behaviour
 			// that users rely on), so they enter at EXT, not FW.
-			r.nat.rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
+			r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
 				"-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", p.extChain)
 		}
 		if !hasExternal {
-			r.filter.rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
+			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
 				"-m", "addrtype", "--dst-type", "LOCAL", "-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", externalTarget)
 		}
 	}
@@ -132,7 +132,7 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 	if svc.HealthCheckNodePort != 0 {
 		// Load balancers probe this port whether or not we have local endpoints; the
 		// answer (200 or 503) is the point, so a host firewall must let it through.
-		r.filter.rule(ChainNodePorts, "-m", "comment", "--comment", p.name+" health check node port",
+		r.rec.shared[filterNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name+" health check node port",
 			"-m", "tcp", "-p", "tcp", "--dport", strconv.Itoa(int(svc.HealthCheckNodePort)), "-j", "ACCEPT")
 	}
 
@@ -144,10 +144,10 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port}
 		switch {
 		case r.opts.MasqueradeAll:
-			r.natSvc.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
+			r.own.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
 		case r.opts.LocalDetector.Implemented():
 			args = append(args, r.opts.LocalDetector.IfNotLocal...)
-			r.natSvc.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
+			r.own.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
 		}
 	}
 
@@ -170,10 +170,10 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 	}
 }
 
-// declare declares a per-service chain and records it as active.
+// declare declares a per-service chain and records it as the service's.
 func (r *renderer) declare(chain string) {
-	r.natSvc.chain(chain)
-	r.active = append(r.active, chain)
+	r.own.chain(chain)
+	r.rec.active = append(r.rec.active, chain)
 }
 
 // writeExternalChain writes KUBE-EXT-*, the entry point for node ports, external IPs and
@@ -182,7 +182,7 @@ func (r *renderer) writeExternalChain(p portRules, policyChain string, hasExtern
 	r.declare(p.extChain)
 	if !p.svc.ExternalPolicyLocal {
 		// Endpoints may be on other nodes: masquerade so replies come back through here.
-		r.natSvc.rule(p.extChain, "-m", "comment", "--comment", "masquerade traffic for "+p.name+" external destinations",
+		r.own.rule(p.extChain, "-m", "comment", "--comment", "masquerade traffic for "+p.name+" external destinations",
 			"-j", ChainMarkMasq)
 	} else {
 		// Local policy keeps the client's source IP, which only works for traffic from
@@ -191,17 +191,17 @@ func (r *renderer) writeExternalChain(p portRules, policyChain string, hasExtern
 		if r.opts.LocalDetector.Implemented() {
 			args := append([]string{"-m", "comment", "--comment", "pod traffic for " + p.name + " external destinations"},
 				r.opts.LocalDetector.IfLocal...)
-			r.natSvc.rule(p.extChain, append(args, "-j", p.svcChain)...)
+			r.own.rule(p.extChain, append(args, "-j", p.svcChain)...)
 		}
 		// The node's own traffic to an external address has a local source address,
 		// which would not survive the trip to another node: masquerade it.
-		r.natSvc.rule(p.extChain, "-m", "comment", "--comment", "masquerade LOCAL traffic for "+p.name+" external destinations",
+		r.own.rule(p.extChain, "-m", "comment", "--comment", "masquerade LOCAL traffic for "+p.name+" external destinations",
 			"-m", "addrtype", "--src-type", "LOCAL", "-j", ChainMarkMasq)
-		r.natSvc.rule(p.extChain, "-m", "comment", "--comment", "route LOCAL traffic for "+p.name+" external destinations",
+		r.own.rule(p.extChain, "-m", "comment", "--comment", "route LOCAL traffic for "+p.name+" external destinations",
 			"-m", "addrtype", "--src-type", "LOCAL", "-j", p.svcChain)
 	}
 	if hasExternal {
-		r.natSvc.rule(p.extChain, "-j", policyChain)
+		r.own.rule(p.extChain, "-j", policyChain)
 	}
 }
 
@@ -212,7 +212,7 @@ func (r *renderer) writeFirewallChain(p portRules) {
 	comment := p.name + " loadbalancer IP"
 	allowFromNode := false
 	for _, cidr := range p.svc.LoadBalancerSourceRanges {
-		r.natSvc.rule(p.fwChain, "-m", "comment", "--comment", comment, "-s", cidr.String(), "-j", p.extChain)
+		r.own.rule(p.fwChain, "-m", "comment", "--comment", comment, "-s", cidr.String(), "-j", p.extChain)
 		if r.node.IP.IsValid() && cidr.Contains(r.node.IP) {
 			allowFromNode = true
 		}
@@ -221,11 +221,11 @@ func (r *renderer) writeFirewallChain(p portRules) {
 		// A VIP-like load balancer IP is often a local address too: the node's own request
 		// then loops back with the VIP as source, so the VIP must be allowed.
 		for _, ip := range p.svc.LoadBalancerVIPs {
-			r.natSvc.rule(p.fwChain, "-m", "comment", "--comment", comment, "-s", ip.String(), "-j", p.extChain)
+			r.own.rule(p.fwChain, "-m", "comment", "--comment", comment, "-s", ip.String(), "-j", p.extChain)
 		}
 	}
 	// A counter-only rule: it shows how much traffic the firewall turned away.
-	r.natSvc.rule(p.fwChain, "-m", "comment", "--comment", "other traffic to "+p.name+" will be dropped by KUBE-PROXY-FIREWALL")
+	r.own.rule(p.fwChain, "-m", "comment", "--comment", "other traffic to "+p.name+" will be dropped by KUBE-PROXY-FIREWALL")
 }
 
 // writeDispatch spreads new connections over endpoints: affinity matches first (one per
@@ -238,7 +238,7 @@ func (r *renderer) writeDispatch(p portRules, chain string, endpoints []model.En
 			epString := ep.String()
 			sep := EndpointChain(p.svc.Name, epString)
 			args := r.endpointComment(p.name + " -> " + epString)
-			r.natSvc.rule(chain, append(args, "-m", "recent", "--name", sep, "--rcheck", "--seconds", seconds, "--reap", "-j", sep)...)
+			r.own.rule(chain, append(args, "-m", "recent", "--name", sep, "--rcheck", "--seconds", seconds, "--reap", "-j", sep)...)
 		}
 	}
 	n := len(endpoints)
@@ -249,7 +249,7 @@ func (r *renderer) writeDispatch(p portRules, chain string, endpoints []model.En
 		if i < n-1 {
 			args = append(args, "-m", "statistic", "--mode", "random", "--probability", Probability(n-i))
 		}
-		r.natSvc.rule(chain, append(args, "-j", sep)...)
+		r.own.rule(chain, append(args, "-j", sep)...)
 	}
 }
 
@@ -261,12 +261,12 @@ func (r *renderer) writeEndpointChain(p portRules, ep model.Endpoint) {
 	r.declare(sep)
 	// Hairpin: a pod reaching itself through the service must be masqueraded, or it
 	// would answer its own packet directly and the client would drop the reply.
-	r.natSvc.rule(sep, append(r.endpointComment(p.name), "-s", ep.IP.String(), "-j", ChainMarkMasq)...)
+	r.own.rule(sep, append(r.endpointComment(p.name), "-s", ep.IP.String(), "-j", ChainMarkMasq)...)
 	args := r.endpointComment(p.name)
 	if p.svc.StickyMaxAgeSeconds > 0 {
 		args = append(args, "-m", "recent", "--name", sep, "--set")
 	}
-	r.natSvc.rule(sep, append(args, "-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", epString)...)
+	r.own.rule(sep, append(args, "-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", epString)...)
 }
 
 // endpointComment returns the comment match for per-endpoint rules, which large clusters

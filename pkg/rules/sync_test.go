@@ -2,6 +2,9 @@ package rules_test
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand"
+	"net/netip"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -12,12 +15,18 @@ import (
 )
 
 // apply renders req on top of tables (as a running node would) and returns the result.
-func apply(t *testing.T, tables rulestest.Tables, req rules.Request) (rulestest.Tables, *rules.Ruleset) {
+// onBatch, if set, is called after each applied batch.
+func apply(t *testing.T, tables rulestest.Tables, req rules.Request, opts rules.Options, onBatch func(rulestest.Tables)) (rulestest.Tables, *rules.Ruleset) {
 	t.Helper()
-	rs := rules.Render(req, defaultOptions())
+	rs := rules.Render(req, opts)
 	next := tables.Clone()
-	if err := next.Apply(rs.Payload); err != nil {
-		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload)
+	for i, b := range rs.Batches {
+		if err := next.Apply(b); err != nil {
+			t.Fatalf("batch %d of %d rejected: %v\n%s", i+1, len(rs.Batches), err, b)
+		}
+		if onBatch != nil {
+			onBatch(next)
+		}
 	}
 	return next, rs
 }
@@ -42,42 +51,217 @@ func twoServices(withSecondEndpoint bool) *model.Snapshot {
 }
 
 func TestStaleChainsAreDeletedAndOthersKept(t *testing.T) {
-	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(true)})
+	tables, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(true)}, defaultOptions(), nil)
 	// Another component's chain in nat must survive our syncs.
 	tables["nat"].Chains["CNI-HOSTPORT-DNAT"] = []rulestest.Rule{{"-j", "RETURN"}}
 
 	// Endpoint 10.180.0.3 goes away, and service a with it.
 	b := newSnapshot()
 	b.svc("ns1", "b", "p80", tcp, "172.30.0.2", 80, 0, "10.180.0.2:80")
-	after, rs := apply(t, tables, rules.Request{Snapshot: b.snap, ExistingNATChains: chainNames(tables)})
+	after, rs := apply(t, tables, rules.Request{Snapshot: b.snap, ExistingNATChains: chainNames(tables)}, defaultOptions(), nil)
 
-	fresh, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: b.snap})
+	fresh, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: b.snap}, defaultOptions(), nil)
 	fresh["nat"].Chains["CNI-HOSTPORT-DNAT"] = []rulestest.Rule{{"-j", "RETURN"}}
 	if after.Dump() != fresh.Dump() {
 		t.Errorf("after deleting, tables differ from a fresh render:\n%s", rulestest.Diff(fresh.Dump(), after.Dump()))
 	}
 	// svc a: SVC, EXT, one SEP; svc b: one SEP.
 	if rs.DeletedNATChains != 4 {
-		t.Errorf("deleted %d chains, want 4 (first sync had %v)", rs.DeletedNATChains, first.ActiveNATChains)
+		t.Errorf("deleted %d chains, want 4", rs.DeletedNATChains)
 	}
 }
 
-// TestPartialRenderMatchesFull checks the partial-sync seam: writing only the changed
-// service's chains on top of the previous state gives the same tables as a full sync.
+// TestPartialRenderMatchesFull checks an incremental sync: only the changed service's
+// chains are written, the dispatch chains are edited in place, and the result is the
+// tables of a full sync.
 func TestPartialRenderMatchesFull(t *testing.T) {
-	tables, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(false)})
+	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(false)}, defaultOptions(), nil)
 	next := twoServices(true)
 	changed := map[types.NamespacedName]bool{{Namespace: "ns1", Name: "b"}: true}
-	partial, prs := apply(t, tables, rules.Request{Snapshot: next, Partial: true, Changed: changed, ExistingNATChains: chainNames(tables)})
-	full, frs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: next})
+	partial, prs := apply(t, tables, rules.Request{Snapshot: next, Previous: first.State, Partial: true, Changed: changed}, defaultOptions(), nil)
+	full, frs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: next}, defaultOptions(), nil)
 	if partial.Dump() != full.Dump() {
 		t.Errorf("partial sync differs from full sync:\n%s", rulestest.Diff(full.Dump(), partial.Dump()))
 	}
-	if prs.NATRules != frs.NATRules || prs.FilterRules != frs.FilterRules {
-		t.Errorf("partial counts nat=%d filter=%d, full nat=%d filter=%d", prs.NATRules, prs.FilterRules, frs.NATRules, frs.FilterRules)
+	if !prs.Partial || prs.NATRules != frs.NATRules || prs.FilterRules != frs.FilterRules {
+		t.Errorf("partial=%t counts nat=%d filter=%d, full nat=%d filter=%d", prs.Partial, prs.NATRules, prs.FilterRules, frs.NATRules, frs.FilterRules)
 	}
-	if bytes.Contains(prs.Payload, []byte(":"+rules.ExternalChain(model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns1", Name: "a"}, Port: "p80", Protocol: tcp}))) {
-		t.Errorf("partial payload rewrote an unchanged service's chain:\n%s", prs.Payload)
+	payload := prs.Payload()
+	if bytes.Contains(payload, []byte("10.180.0.1")) || bytes.Contains(payload, []byte(":"+rules.ChainServices)) || bytes.Contains(payload, []byte("*filter")) {
+		t.Errorf("incremental payload touched more than service b:\n%s", payload)
+	}
+	// Nothing changed: nothing to apply at all.
+	_, none := apply(t, partial, rules.Request{Snapshot: next, Previous: prs.State, Partial: true}, defaultOptions(), nil)
+	if len(none.Batches) != 0 {
+		t.Errorf("a sync without changes produced %d batches:\n%s", len(none.Batches), none.Payload())
+	}
+}
+
+// randomCluster mutates a snapshot in random small steps, the way a cluster changes.
+type randomCluster struct {
+	rnd   *rand.Rand
+	ports map[model.ServicePortName]*model.ServicePort
+	eps   map[model.ServicePortName][]model.Endpoint
+}
+
+func (c *randomCluster) snapshot() *model.Snapshot {
+	s := &model.Snapshot{Services: map[model.ServicePortName]*model.ServicePort{}, Endpoints: map[model.ServicePortName][]model.Endpoint{}}
+	for k, v := range c.ports {
+		s.Services[k] = v
+	}
+	for k, v := range c.eps {
+		s.Endpoints[k] = v
+	}
+	return s
+}
+
+// step changes a few services and returns which.
+func (c *randomCluster) step(n int) map[types.NamespacedName]bool {
+	changed := map[types.NamespacedName]bool{}
+	for i := 0; i < n; i++ {
+		id := c.rnd.Intn(40)
+		name := model.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: fmt.Sprintf("svc%02d", id)}, Port: "p", Protocol: tcp}
+		changed[name.NamespacedName] = true
+		switch c.rnd.Intn(4) {
+		case 0: // delete
+			delete(c.ports, name)
+			delete(c.eps, name)
+			continue
+		case 1: // endpoints only, if the service exists
+			if _, ok := c.ports[name]; ok {
+				c.eps[name] = c.endpoints(id)
+				continue
+			}
+		}
+		sp := &model.ServicePort{Name: name, ClusterIP: netip.AddrFrom4([4]byte{172, 30, 0, byte(id + 1)}), Port: 80}
+		if c.rnd.Intn(2) == 0 {
+			sp.NodePort = int32(30000 + id)
+		}
+		if c.rnd.Intn(3) == 0 {
+			sp.LoadBalancerVIPs = []netip.Addr{netip.AddrFrom4([4]byte{1, 2, 3, byte(id + 1)})}
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/25")}
+		}
+		sp.ExternalPolicyLocal = c.rnd.Intn(3) == 0
+		sp.InternalPolicyLocal = c.rnd.Intn(5) == 0
+		if c.rnd.Intn(4) == 0 {
+			sp.StickyMaxAgeSeconds = 60
+		}
+		c.ports[name] = sp
+		c.eps[name] = c.endpoints(id)
+	}
+	return changed
+}
+
+func (c *randomCluster) endpoints(id int) []model.Endpoint {
+	var eps []model.Endpoint
+	for e := 0; e < c.rnd.Intn(4); e++ {
+		ep := model.Endpoint{IP: netip.AddrFrom4([4]byte{10, 180, byte(id), byte(e + 1 + c.rnd.Intn(3))}), Port: 8080,
+			Ready: c.rnd.Intn(5) != 0, Serving: true, IsLocal: c.rnd.Intn(2) == 0}
+		ep.Terminating = !ep.Ready && c.rnd.Intn(2) == 0
+		dup := false
+		for _, o := range eps {
+			dup = dup || o.IP == ep.IP
+		}
+		if !dup {
+			eps = append(eps, ep)
+		}
+	}
+	model.SortEndpoints(eps)
+	return eps
+}
+
+// TestIncrementalSyncsEqualFullSyncs drives random change sequences through incremental
+// syncs, with and without batching, and checks after every step that the tables are
+// exactly those a full sync of the same snapshot gives on a fresh node.
+func TestIncrementalSyncsEqualFullSyncs(t *testing.T) {
+	for _, maxChains := range []int{0, 3, 25} {
+		for seed := int64(1); seed <= 8; seed++ {
+			t.Run(fmt.Sprintf("batch%d/seed%d", maxChains, seed), func(t *testing.T) {
+				opts := defaultOptions()
+				opts.MaxChainsPerBatch = maxChains
+				c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
+				c.step(20)
+				tables, rs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: c.snapshot(), Node: testNode}, opts, nil)
+				for step := 0; step < 15; step++ {
+					changed := c.step(1 + c.rnd.Intn(6))
+					snap := c.snapshot()
+					req := rules.Request{Snapshot: snap, Node: testNode, Previous: rs.State, Partial: true, Changed: changed}
+					tables, rs = apply(t, tables, req, opts, nil)
+					want, wrs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: snap, Node: testNode}, opts, nil)
+					if tables.Dump() != want.Dump() {
+						t.Fatalf("step %d (changed %v): incremental tables differ from a full sync:\n%s", step, changed, rulestest.Diff(want.Dump(), tables.Dump()))
+					}
+					if rs.NATRules != wrs.NATRules || rs.FilterRules != wrs.FilterRules {
+						t.Fatalf("step %d: counts nat=%d filter=%d, full nat=%d filter=%d", step, rs.NATRules, rs.FilterRules, wrs.NATRules, wrs.FilterRules)
+					}
+				}
+				// A full re-sync over the running tables (e.g. the hourly one) changes nothing.
+				resynced, _ := apply(t, tables, rules.Request{Snapshot: c.snapshot(), Node: testNode, ExistingNATChains: chainNames(tables)}, opts, nil)
+				if resynced.Dump() != tables.Dump() {
+					t.Fatalf("a full re-sync changed the tables:\n%s", rulestest.Diff(tables.Dump(), resynced.Dump()))
+				}
+			})
+		}
+	}
+}
+
+// TestBatchedSyncNeverShowsHalfAService applies a batched sync one batch at a time and
+// traces a packet to every service after each batch: each must behave exactly as before
+// the sync or exactly as after it, never in between.
+func TestBatchedSyncNeverShowsHalfAService(t *testing.T) {
+	for seed := int64(1); seed <= 10; seed++ {
+		opts := defaultOptions()
+		opts.MaxChainsPerBatch = 4
+		c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
+		c.step(30)
+		oldSnap := c.snapshot()
+		before, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: oldSnap, Node: testNode}, opts, nil)
+		changed := c.step(15)
+		newSnap := c.snapshot()
+		after, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: newSnap, Node: testNode}, opts, nil)
+
+		// Every cluster IP and node port either snapshot knows, from a pod and from outside.
+		type probe struct {
+			dst  string
+			port int
+			src  string
+		}
+		var probes []probe
+		for _, s := range []*model.Snapshot{oldSnap, newSnap} {
+			for _, sp := range s.Services {
+				probes = append(probes, probe{sp.ClusterIP.String(), int(sp.Port), podIP})
+				if sp.NodePort != 0 {
+					probes = append(probes, probe{node, int(sp.NodePort), externalClient})
+				}
+			}
+		}
+		trace := func(tables rulestest.Tables, p probe) string {
+			tr := &rulestest.Tracer{Tables: tables, LocalAddrs: []netip.Addr{nodeIP}, MasqueradeMark: 0x4000}
+			res, err := tr.Trace(rulestest.Packet{Src: netip.MustParseAddr(p.src), Dst: netip.MustParseAddr(p.dst), Proto: "tcp", DPort: p.port})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.String()
+		}
+		batches := 0
+		for _, partial := range []bool{false, true} {
+			req := rules.Request{Snapshot: newSnap, Node: testNode, ExistingNATChains: chainNames(before)}
+			if partial {
+				req = rules.Request{Snapshot: newSnap, Node: testNode, Previous: first.State, Partial: true, Changed: changed}
+			}
+			_, rs := apply(t, before, req, opts, func(mid rulestest.Tables) {
+				for _, p := range probes {
+					got, was, will := trace(mid, p), trace(before, p), trace(after, p)
+					if got != was && got != will {
+						t.Fatalf("seed %d partial=%t: %s:%d from %s mid-sync: %s; before: %s; after: %s", seed, partial, p.dst, p.port, p.src, got, was, will)
+					}
+				}
+			})
+			batches += len(rs.Batches)
+		}
+		if batches < 4 {
+			t.Errorf("seed %d: only %d batches; the test needs a split sync", seed, batches)
+		}
 	}
 }
 
@@ -99,8 +283,8 @@ func TestRenderIsDeterministic(t *testing.T) {
 	a := rules.Render(rules.Request{Snapshot: build(false)}, defaultOptions())
 	for i := 0; i < 5; i++ {
 		b := rules.Render(rules.Request{Snapshot: build(i%2 == 0)}, defaultOptions())
-		if !bytes.Equal(a.Payload, b.Payload) {
-			t.Fatalf("render %d differs:\n%s", i, rulestest.Diff(string(a.Payload), string(b.Payload)))
+		if !bytes.Equal(a.Payload(), b.Payload()) {
+			t.Fatalf("render %d differs:\n%s", i, rulestest.Diff(string(a.Payload()), string(b.Payload())))
 		}
 	}
 }

@@ -1,0 +1,169 @@
+package rules
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/kproxy-dev/kproxy/pkg/model"
+)
+
+// sharedChain names a chain whose rules come from many services: the dispatch chains.
+type sharedChain int
+
+const (
+	natServices sharedChain = iota
+	natNodePorts
+	filterServices
+	filterExternalServices
+	filterNodePorts
+	filterProxyFirewall
+	numShared
+)
+
+// sharedChains gives each shared chain's table and name.
+var sharedChains = [numShared]struct{ table, name string }{
+	natServices:            {"nat", ChainServices},
+	natNodePorts:           {"nat", ChainNodePorts},
+	filterServices:         {"filter", ChainServices},
+	filterExternalServices: {"filter", ChainExternalServices},
+	filterNodePorts:        {"filter", ChainNodePorts},
+	filterProxyFirewall:    {"filter", ChainProxyFirewall},
+}
+
+// portRecord is what one service port contributes, kept between renders: its rules in
+// the shared chains (to diff them), the chains it owns (to find stale ones) and counts.
+// A record is never modified once built, so unchanged services share it across renders.
+type portRecord struct {
+	shared      [numShared]lines
+	active      []string
+	ownNATRules int
+	// noLocalInternal/External: a Local policy without local endpoints (metric).
+	noLocalInternal, noLocalExternal bool
+}
+
+// State is what a render leaves for the next one. It is opaque to callers, immutable,
+// and valid as Request.Previous only once all batches of its Ruleset were applied.
+type State struct {
+	optsKey      string
+	node         model.Node
+	largeCluster bool
+	order        []model.ServicePortName
+	records      map[model.ServicePortName]*portRecord
+	// tail holds the node-ports rules that end nat KUBE-SERVICES.
+	tail lines
+}
+
+func newState(opts Options, node model.Node, largeCluster bool, order []model.ServicePortName) *State {
+	return &State{
+		optsKey: fmt.Sprintf("%+v", opts), node: node, largeCluster: largeCluster,
+		order: order, records: make(map[model.ServicePortName]*portRecord, len(order)),
+	}
+}
+
+// compatible reports whether records of this state can be reused by a render with these
+// inputs: the ones that shape every service's rules must not have changed.
+func (s *State) compatible(opts Options, node model.Node, largeCluster bool) bool {
+	return s.optsKey == fmt.Sprintf("%+v", opts) && s.node == node && s.largeCluster == largeCluster
+}
+
+// counts totals the rules the kernel will hold and the no-local-endpoints gauges.
+func (s *State) counts(fixedFilter, fixedNAT int) (filter, nat int, noLocal map[string]int) {
+	filter, nat = fixedFilter, fixedNAT+s.tail.n
+	noLocal = map[string]int{}
+	for _, rec := range s.records {
+		for k := range numShared {
+			if sharedChains[k].table == "nat" {
+				nat += rec.shared[k].n
+			} else {
+				filter += rec.shared[k].n
+			}
+		}
+		nat += rec.ownNATRules
+		if rec.noLocalInternal {
+			noLocal["internal"]++
+		}
+		if rec.noLocalExternal {
+			noLocal["external"]++
+		}
+	}
+	return filter, nat, noLocal
+}
+
+// staleChains lists owned chains to delete: in an incremental render, those the changed
+// services used before and no longer do; and any owned chain listed in existing (from the
+// kernel) that nothing renders now. The list is ordered so that a chain comes after the
+// chains that may jump to it (FW, EXT, SVC/SVL, SEP), then by name.
+func (s *State) staleChains(prev *State, partial bool, existing []string) []string {
+	stale := map[string]bool{}
+	if partial {
+		for _, name := range prev.order {
+			old := prev.records[name]
+			cur := s.records[name]
+			if cur == old {
+				continue
+			}
+			for _, c := range old.active {
+				if cur == nil || !contains(cur.active, c) {
+					stale[c] = true
+				}
+			}
+		}
+	}
+	if len(existing) > 0 {
+		active := map[string]bool{}
+		for _, rec := range s.records {
+			for _, c := range rec.active {
+				active[c] = true
+			}
+		}
+		for _, c := range existing {
+			if IsOwnedServiceChain(c) && !active[c] {
+				stale[c] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(stale))
+	for c := range stale {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if ri, rj := chainRank(out[i]), chainRank(out[j]); ri != rj {
+			return ri < rj
+		}
+		return out[i] < out[j]
+	})
+	return out
+}
+
+// chainRank orders owned chains so that jumps only go from lower to higher ranks.
+func chainRank(chain string) int {
+	switch {
+	case strings.HasPrefix(chain, prefixFirewall):
+		return 0
+	case strings.HasPrefix(chain, prefixExternal):
+		return 1
+	case strings.HasPrefix(chain, prefixService), strings.HasPrefix(chain, prefixServiceLocal):
+		return 2
+	}
+	return 3
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Chains lists the per-service and per-endpoint nat chains the state's rules use, sorted.
+func (s *State) Chains() []string {
+	var out []string
+	for _, rec := range s.records {
+		out = append(out, rec.active...)
+	}
+	sort.Strings(out)
+	return out
+}
