@@ -125,3 +125,26 @@ func TestHealthCheckBookkeeping(t *testing.T) {
 		t.Errorf("local ready endpoints %v, want ns1/lb: 2", counts)
 	}
 }
+
+func TestServicePortNameOrder(t *testing.T) {
+	mk := func(ns, name, port string, proto string) ServicePortName {
+		n := ServicePortName{Port: port, Protocol: "TCP"}
+		if proto != "" {
+			n.Protocol = "UDP"
+		}
+		n.Namespace, n.Name = ns, name
+		return n
+	}
+	names := []ServicePortName{
+		mk("a", "x", "", ""), mk("a-b", "x", "", ""), mk("a", "x", "p", ""), mk("a", "x-y", "", ""),
+		mk("a", "x", "p", "udp"), mk("b", "a", "", ""), mk("a", "xa", "", ""), mk("ab", "", "", ""),
+	}
+	for _, a := range names {
+		for _, b := range names {
+			want := a.String() < b.String() || (a.String() == b.String() && a.Protocol < b.Protocol)
+			if got := a.Less(b); got != want {
+				t.Errorf("%s/%s < %s/%s: %t, want %t", a, a.Protocol, b, b.Protocol, got, want)
+			}
+		}
+	}
+}

@@ -188,8 +188,8 @@ func (p *planner) sharedRules() (filter, nat []byte, written int) {
 		filter = append(fb.chains, fb.rules...)
 		for k := range numShared {
 			var text []byte
-			for _, name := range p.st.order {
-				text = append(text, p.st.records[name].shared[k].text...)
+			for _, rec := range p.st.recs {
+				text = append(text, rec.shared[k].text...)
 			}
 			if k == natServices {
 				text = append(text, p.st.tail.text...)
@@ -238,27 +238,18 @@ func (p *planner) diff(k sharedChain) ([]byte, int) {
 			inserted += cur.n
 		}
 	}
-	prevOrder, order := p.prev.order, p.st.order
-	i, j := 0, 0
-	for i < len(prevOrder) || j < len(order) {
+	walk(p.prev, p.st, func(_ int, old, cur *portRecord) {
 		switch {
-		case j == len(order) || (i < len(prevOrder) && prevOrder[i].Less(order[j])):
-			replace(&p.prev.records[prevOrder[i]].shared[k], nil)
-			i++
-		case i == len(prevOrder) || order[j].Less(prevOrder[i]):
-			replace(nil, &p.st.records[order[j]].shared[k])
-			j++
+		case old == cur:
+			pos += cur.shared[k].n
+		case old == nil:
+			replace(nil, &cur.shared[k])
+		case cur == nil:
+			replace(&old.shared[k], nil)
 		default:
-			old, cur := p.prev.records[prevOrder[i]], p.st.records[order[j]]
-			if old == cur {
-				pos += cur.shared[k].n
-			} else {
-				replace(&old.shared[k], &cur.shared[k])
-			}
-			i++
-			j++
+			replace(&old.shared[k], &cur.shared[k])
 		}
-	}
+	})
 	if k == natServices {
 		replace(&p.prev.tail, &p.st.tail)
 	}

@@ -154,17 +154,29 @@ func Render(req Request, opts Options) *Ruleset {
 	// changed since; otherwise every service is rendered again (still incrementally).
 	reuse := partial && prev.compatible(opts, req.Node, r.largeCluster)
 
-	st := newState(opts, req.Node, r.largeCluster, snap.SortedServiceNames())
+	var order []model.ServicePortName
+	if partial {
+		order = sortedNames(snap, prev)
+	} else {
+		order = snap.SortedServiceNames()
+	}
+	st := newState(opts, req.Node, r.largeCluster, order)
 	if !reuse {
 		r.own.grow(40*(2*len(snap.Services)+endpoints)+180*(3*endpoints+2*len(snap.Services)), 2*len(snap.Services)+endpoints)
 	}
 	var rendered []renderedPort
-	for _, name := range st.order {
-		if reuse && !req.Changed[name.NamespacedName] {
-			if rec, ok := prev.records[name]; ok {
-				st.records[name] = rec
-				continue
-			}
+	var reusePrev *State
+	if reuse {
+		reusePrev = prev
+	}
+	walk(reusePrev, st, func(j int, old, _ *portRecord) {
+		if j < 0 {
+			return // a port only the previous state has
+		}
+		name := st.order[j]
+		if old != nil && !req.Changed[name.NamespacedName] {
+			st.recs[j] = old
+			return
 		}
 		rec := &portRecord{}
 		r.rec = rec
@@ -172,9 +184,9 @@ func Render(req Request, opts Options) *Ruleset {
 		r.writeServicePort(snap.Services[name], snap.Endpoints[name])
 		end := r.own.mark()
 		rec.ownNATRules = end.nRules - start.nRules
-		st.records[name] = rec
+		st.recs[j] = rec
 		rendered = append(rendered, renderedPort{rec: rec, start: start, end: end})
-	}
+	})
 	st.tail = r.nodePortsTail(req.LocalAddrs)
 
 	stale := st.staleChains(prev, partial, req.ExistingNATChains)

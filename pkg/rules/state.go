@@ -48,8 +48,10 @@ type State struct {
 	optsKey      string
 	node         model.Node
 	largeCluster bool
-	order        []model.ServicePortName
-	records      map[model.ServicePortName]*portRecord
+	// order lists the service ports sorted (model.ServicePortName.Less), recs their
+	// records at the same index.
+	order []model.ServicePortName
+	recs  []*portRecord
 	// tail holds the node-ports rules that end nat KUBE-SERVICES.
 	tail lines
 }
@@ -57,8 +59,76 @@ type State struct {
 func newState(opts Options, node model.Node, largeCluster bool, order []model.ServicePortName) *State {
 	return &State{
 		optsKey: fmt.Sprintf("%+v", opts), node: node, largeCluster: largeCluster,
-		order: order, records: make(map[model.ServicePortName]*portRecord, len(order)),
+		order: order, recs: make([]*portRecord, len(order)),
 	}
+}
+
+// walk visits the service ports of prev and cur in order, pairing those with the same
+// name; old or cur is nil for a port only one of them has, and j is the port's index in
+// cur (-1 when it has none). prev may be nil.
+func walk(prev, cur *State, visit func(j int, old, cur *portRecord)) {
+	var prevOrder []model.ServicePortName
+	if prev != nil {
+		prevOrder = prev.order
+	}
+	i, j := 0, 0
+	for i < len(prevOrder) || j < len(cur.order) {
+		switch {
+		case i < len(prevOrder) && j < len(cur.order) && prevOrder[i] == cur.order[j]:
+			visit(j, prev.recs[i], cur.recs[j])
+			i++
+			j++
+		case j == len(cur.order) || (i < len(prevOrder) && prevOrder[i].Less(cur.order[j])):
+			visit(-1, prev.recs[i], nil)
+			i++
+		default:
+			visit(j, nil, cur.recs[j])
+			j++
+		}
+	}
+}
+
+// sortedNames returns the snapshot's service ports in order. Most syncs change no
+// service's existence, so the previous order is reused and only additions are sorted in,
+// instead of sorting tens of thousands of names on every sync.
+func sortedNames(snap *model.Snapshot, prev *State) []model.ServicePortName {
+	if prev == nil {
+		return snap.SortedServiceNames()
+	}
+	order := make([]model.ServicePortName, 0, len(snap.Services))
+	known := 0
+	for _, name := range prev.order {
+		if _, ok := snap.Services[name]; ok {
+			order = append(order, name)
+			known++
+		}
+	}
+	if known == len(snap.Services) {
+		return order
+	}
+	inPrev := make(map[model.ServicePortName]bool, len(prev.order))
+	for _, name := range prev.order {
+		inPrev[name] = true
+	}
+	var added []model.ServicePortName
+	for name := range snap.Services {
+		if !inPrev[name] {
+			added = append(added, name)
+		}
+	}
+	sort.Slice(added, func(i, j int) bool { return added[i].Less(added[j]) })
+	merged := make([]model.ServicePortName, 0, len(snap.Services))
+	i, j := 0, 0
+	for i < len(order) || j < len(added) {
+		if j == len(added) || (i < len(order) && order[i].Less(added[j])) {
+			merged = append(merged, order[i])
+			i++
+		} else {
+			merged = append(merged, added[j])
+			j++
+		}
+	}
+	return merged
 }
 
 // compatible reports whether records of this state can be reused by a render with these
@@ -71,7 +141,7 @@ func (s *State) compatible(opts Options, node model.Node, largeCluster bool) boo
 func (s *State) counts(fixedFilter, fixedNAT int) (filter, nat int, noLocal map[string]int) {
 	filter, nat = fixedFilter, fixedNAT+s.tail.n
 	noLocal = map[string]int{}
-	for _, rec := range s.records {
+	for _, rec := range s.recs {
 		for k := range numShared {
 			if sharedChains[k].table == "nat" {
 				nat += rec.shared[k].n
@@ -97,22 +167,20 @@ func (s *State) counts(fixedFilter, fixedNAT int) (filter, nat int, noLocal map[
 func (s *State) staleChains(prev *State, partial bool, existing []string) []string {
 	stale := map[string]bool{}
 	if partial {
-		for _, name := range prev.order {
-			old := prev.records[name]
-			cur := s.records[name]
-			if cur == old {
-				continue
+		walk(prev, s, func(_ int, old, cur *portRecord) {
+			if old == nil || cur == old {
+				return
 			}
 			for _, c := range old.active {
 				if cur == nil || !contains(cur.active, c) {
 					stale[c] = true
 				}
 			}
-		}
+		})
 	}
 	if len(existing) > 0 {
 		active := map[string]bool{}
-		for _, rec := range s.records {
+		for _, rec := range s.recs {
 			for _, c := range rec.active {
 				active[c] = true
 			}
@@ -161,7 +229,7 @@ func contains(list []string, s string) bool {
 // Chains lists the per-service and per-endpoint nat chains the state's rules use, sorted.
 func (s *State) Chains() []string {
 	var out []string
-	for _, rec := range s.records {
+	for _, rec := range s.recs {
 		out = append(out, rec.active...)
 	}
 	sort.Strings(out)
