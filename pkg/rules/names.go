@@ -47,12 +47,35 @@ func IsOwnedServiceChain(chain string) bool {
 // portHash is the 16-character suffix shared by a service port's SVC, SVL, EXT and FW
 // chains: base32(sha256(portName + protocol)), byte-identical to upstream's.
 func portHash(name model.ServicePortName) string {
-	return hashSuffix(name.String() + strings.ToLower(string(name.Protocol)))
+	return hashSuffix("", name, "")
 }
 
-func hashSuffix(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+// hashSuffix returns prefix + the first 16 base32 characters of sha256(portName +
+// lower-case protocol + endpoint), building the input and the name without temporary
+// strings: rendering a large cluster hashes every endpoint.
+func hashSuffix(prefix string, name model.ServicePortName, endpoint string) string {
+	var in [256]byte
+	b := append(in[:0], name.Namespace...)
+	b = append(b, '/')
+	b = append(b, name.Name...)
+	if name.Port != "" {
+		b = append(b, ':')
+		b = append(b, name.Port...)
+	}
+	for _, c := range []byte(name.Protocol) {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	b = append(b, endpoint...)
+	sum := sha256.Sum256(b)
+	var enc [56]byte
+	base32.StdEncoding.Encode(enc[:], sum[:])
+	out := make([]byte, 0, len(prefix)+16)
+	out = append(out, prefix...)
+	out = append(out, enc[:16]...)
+	return string(out)
 }
 
 // ServiceChain is the cluster-policy dispatch chain of a service port.
@@ -64,5 +87,5 @@ func ExternalChain(name model.ServicePortName) string { return prefixExternal + 
 // EndpointChain is the DNAT chain of one endpoint of a service port. The endpoint string
 // is "ip:port" ("[ip]:port" for IPv6) with the endpoint's (target) port.
 func EndpointChain(name model.ServicePortName, endpoint string) string {
-	return prefixServiceEndpoint + hashSuffix(name.String()+strings.ToLower(string(name.Protocol))+endpoint)
+	return hashSuffix(prefixServiceEndpoint, name, endpoint)
 }

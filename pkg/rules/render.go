@@ -138,6 +138,13 @@ type renderer struct {
 	// the record of the service port being rendered.
 	own lineBuffer
 	rec *portRecord
+	// Scratch space reused across service ports: rule arguments, the names of the
+	// current port's endpoints, and probability strings by endpoint count.
+	args    []string
+	epKeys  []netip.Addr
+	epPorts []int32
+	epNames []endpointNames
+	probs   []string
 }
 
 // Render turns a snapshot into the iptables-restore input for one IP family.

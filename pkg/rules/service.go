@@ -23,6 +23,7 @@ type portRules struct {
 // endpoint to go to, and the service's own SVC/SVL/EXT/FW/SEP chains.
 func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint) {
 	hash := portHash(svc.Name)
+	r.epKeys, r.epPorts, r.epNames = r.epKeys[:0], r.epPorts[:0], r.epNames[:0]
 	p := portRules{
 		svc:      svc,
 		name:     svc.Name.String(),
@@ -228,6 +229,24 @@ func (r *renderer) writeFirewallChain(p portRules) {
 	r.own.rule(p.fwChain, "-m", "comment", "--comment", "other traffic to "+p.name+" will be dropped by KUBE-PROXY-FIREWALL")
 }
 
+// endpointNames are the strings of one endpoint of the port being rendered, computed
+// once: "ip:port" and the KUBE-SEP chain hashed from it.
+type endpointNames struct{ ip, addrPort, chain string }
+
+// namesOf returns ep's names, computing them on first use for this service port.
+func (r *renderer) namesOf(p portRules, ep model.Endpoint) endpointNames {
+	for i := range r.epKeys {
+		if r.epKeys[i] == ep.IP && r.epPorts[i] == ep.Port {
+			return r.epNames[i]
+		}
+	}
+	ip := ep.IP.String()
+	addrPort := ep.String()
+	n := endpointNames{ip: ip, addrPort: addrPort, chain: EndpointChain(p.svc.Name, addrPort)}
+	r.epKeys, r.epPorts, r.epNames = append(r.epKeys, ep.IP), append(r.epPorts, ep.Port), append(r.epNames, n)
+	return n
+}
+
 // writeDispatch spreads new connections over endpoints: affinity matches first (one per
 // endpoint), then rule i of n matches with probability 1/(n-i), so every endpoint gets 1/n
 // of them, and the last rule always matches.
@@ -235,48 +254,57 @@ func (r *renderer) writeDispatch(p portRules, chain string, endpoints []model.En
 	if p.svc.StickyMaxAgeSeconds > 0 {
 		seconds := strconv.Itoa(int(p.svc.StickyMaxAgeSeconds))
 		for _, ep := range endpoints {
-			epString := ep.String()
-			sep := EndpointChain(p.svc.Name, epString)
-			args := r.endpointComment(p.name + " -> " + epString)
-			r.own.rule(chain, append(args, "-m", "recent", "--name", sep, "--rcheck", "--seconds", seconds, "--reap", "-j", sep)...)
+			n := r.namesOf(p, ep)
+			args := r.endpointComment(p.name + " -> " + n.addrPort)
+			r.own.rule(chain, append(args, "-m", "recent", "--name", n.chain, "--rcheck", "--seconds", seconds, "--reap", "-j", n.chain)...)
 		}
 	}
-	n := len(endpoints)
+	count := len(endpoints)
 	for i, ep := range endpoints {
-		epString := ep.String()
-		sep := EndpointChain(p.svc.Name, epString)
-		args := r.endpointComment(p.name + " -> " + epString)
-		if i < n-1 {
-			args = append(args, "-m", "statistic", "--mode", "random", "--probability", Probability(n-i))
+		n := r.namesOf(p, ep)
+		args := r.endpointComment(p.name + " -> " + n.addrPort)
+		if i < count-1 {
+			args = append(args, "-m", "statistic", "--mode", "random", "--probability", r.probability(count-i))
 		}
-		r.own.rule(chain, append(args, "-j", sep)...)
+		r.own.rule(chain, append(args, "-j", n.chain)...)
 	}
 }
 
 // writeEndpointChain writes one KUBE-SEP-* chain: hairpin masquerade, affinity tracking,
 // and the DNAT itself.
 func (r *renderer) writeEndpointChain(p portRules, ep model.Endpoint) {
-	epString := ep.String()
-	sep := EndpointChain(p.svc.Name, epString)
-	r.declare(sep)
+	n := r.namesOf(p, ep)
+	r.declare(n.chain)
 	// Hairpin: a pod reaching itself through the service must be masqueraded, or it
 	// would answer its own packet directly and the client would drop the reply.
-	r.own.rule(sep, append(r.endpointComment(p.name), "-s", ep.IP.String(), "-j", ChainMarkMasq)...)
+	r.own.rule(n.chain, append(r.endpointComment(p.name), "-s", n.ip, "-j", ChainMarkMasq)...)
 	args := r.endpointComment(p.name)
 	if p.svc.StickyMaxAgeSeconds > 0 {
-		args = append(args, "-m", "recent", "--name", sep, "--set")
+		args = append(args, "-m", "recent", "--name", n.chain, "--set")
 	}
-	r.own.rule(sep, append(args, "-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", epString)...)
+	r.own.rule(n.chain, append(args, "-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", n.addrPort)...)
 }
 
 // endpointComment returns the comment match for per-endpoint rules, which large clusters
-// leave out: those comments can be most of a payload of a hundred thousand rules.
+// leave out: those comments can be most of a payload of a hundred thousand rules. The
+// slice is the renderer's scratch space, valid until the next call.
 func (r *renderer) endpointComment(comment string) []string {
+	r.args = r.args[:0]
 	if r.largeCluster {
-		return make([]string, 0, 16)
+		return r.args
 	}
-	args := make([]string, 0, 16)
-	return append(args, "-m", "comment", "--comment", comment)
+	return append(r.args, "-m", "comment", "--comment", comment)
+}
+
+// probability returns Probability(n), formatted once per render for each n.
+func (r *renderer) probability(n int) string {
+	for len(r.probs) <= n {
+		r.probs = append(r.probs, "")
+	}
+	if r.probs[n] == "" {
+		r.probs[n] = Probability(n)
+	}
+	return r.probs[n]
 }
 
 // Probability is the statistic-match probability string for picking one of n endpoints,
