@@ -1,5 +1,5 @@
 # A thin menu over hack/*.sh; every target's logic lives in its script.
-.PHONY: all build test verify bench render clean
+.PHONY: all build test verify bench render demo e2e clean
 
 all: build
 
@@ -17,6 +17,12 @@ bench:
 
 render:
 	hack/render.sh
+
+demo:
+	hack/demo.sh
+
+e2e:
+	hack/e2e.sh
 
 clean:
 	rm -rf bin

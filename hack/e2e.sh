@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# make e2e: builds kproxy, the e2e helpers and the control plane (hack/build-tools.sh:
+# about 15 minutes the first time, cached after), then runs test/e2e against real
+# kube-apiserver, etcd and kube-controller-manager in network namespaces. Needs root.
+# Arguments go to go test (e.g. hack/e2e.sh -run Smoke).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+[ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (the clusters live in network namespaces)" >&2; exit 1; }
+
+hack/install-deps.sh
+hack/install-e2e-deps.sh
+hack/build.sh
+hack/build-e2e.sh
+hack/build-tools.sh
+
+# A go test killed by its timeout runs no cleanup: tear down what it may have left.
+cleanup() {
+  for name in kpxe2e kpxe2e-own; do
+    if [ -d "${TMPDIR:-/tmp}/kproxy-cluster/$name" ]; then
+      CLUSTER_NAME=$name hack/cluster-down.sh || true
+    fi
+  done
+}
+trap cleanup EXIT
+export KPROXY_E2E=1 # the tests skip without it, so that go test ./... leaves them out
+# -p 1: one package at a time; the tests of a package share one cluster.
+go test -count=1 -p 1 -timeout 60m -v "$@" ./test/e2e/...
