@@ -8,27 +8,34 @@ import (
 	"time"
 )
 
-func TestConfigFileChangeRestarts(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte("a: 1\n"), 0o644); err != nil {
+// writeAtomically replaces path's content the way a ConfigMap update does (a rename), so
+// the watcher never sees a half-written file.
+func writeAtomically(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigFileChangeRestarts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	writeAtomically(t, path, "a: 1\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	restarted := make(chan error, 1)
 	go watchConfigFile(ctx, path, 10*time.Millisecond, func(err error) { restarted <- err })
 	// Rewriting the same content is not a change.
-	if err := os.WriteFile(path, []byte("a: 1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomically(t, path, "a: 1\n")
 	select {
 	case err := <-restarted:
 		t.Fatalf("restarted on identical content: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	if err := os.WriteFile(path, []byte("a: 2\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomically(t, path, "a: 2\n")
 	select {
 	case err := <-restarted:
 		if err == nil {

@@ -43,6 +43,7 @@ func (p *planner) batches() ([][]byte, int) {
 	var out [][]byte
 	if single {
 		var b bytes.Buffer
+		b.Grow(len(filter) + len(natShared) + len(p.r.own.chains) + len(p.r.own.rules) + 64*len(p.stale) + 1024)
 		if len(filter) > 0 {
 			b.WriteString("*filter\n")
 			b.Write(filter)

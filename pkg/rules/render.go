@@ -121,7 +121,12 @@ type Ruleset struct {
 }
 
 // Payload is all batches as one iptables-restore input (one commit per batch).
-func (rs *Ruleset) Payload() []byte { return bytes.Join(rs.Batches, nil) }
+func (rs *Ruleset) Payload() []byte {
+	if len(rs.Batches) == 1 {
+		return rs.Batches[0]
+	}
+	return bytes.Join(rs.Batches, nil)
+}
 
 // LargeClusterEndpoints is the endpoint count above which the per-endpoint rule comments
 // are dropped; upstream uses the same threshold, so rule text stays identical.
