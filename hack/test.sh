@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test tier: static checks, unit tests (goldens, packet tracer, rule counts) and,
 # as root, the privileged tests that apply rules with the real iptables-restore in throwaway
-# network namespaces and send real traffic. Not root: privileged tests skip with a message.
+# network namespaces and send real traffic, the benchmark smoke, and the e2e tests against a
+# real kube-apiserver (hack/e2e.sh; its first run builds the control plane, about 15 minutes
+# on 2 cores, cached after). Not root: privileged and e2e tests skip with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -15,3 +17,9 @@ fi
 # -p 1: privileged packages create namespaces and run iptables binaries; on 2 cores running
 # them one package at a time keeps the suite predictable.
 go test -count=1 -p 1 "$@" ./...
+
+if [ "$(id -u)" -eq 0 ]; then
+  hack/e2e.sh
+else
+  echo "test: not root; skipping the e2e tests (hack/e2e.sh)" >&2
+fi

@@ -53,6 +53,7 @@ func benchMain(args []string) int {
 	maxTotal := fs.Duration("max-total", 0, "bound on the whole benchmark (0: none); what has not run by then is left out")
 	smoke := fs.Bool("smoke", false, "CI smoke: 1000x5 once on both backends, short timeouts (other flags still override)")
 	jsonOut := fs.String("json", "", "also write every sample, as JSON, to this file")
+	tsvOut := fs.String("tsv", "", "also write the full-sync medians, as TSV for hack/plot.sh, to this file")
 	note := fs.String("note", "", "a line for the table's header, such as what the run is a baseline of")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -108,6 +109,12 @@ func benchMain(args []string) int {
 		rep.writeMarkdown(os.Stdout)
 		if *jsonOut != "" {
 			if werr := writeJSON(*jsonOut, rep); werr != nil {
+				fmt.Fprintf(os.Stderr, "bench: %v\n", werr)
+				return 1
+			}
+		}
+		if *tsvOut != "" {
+			if werr := writeTSV(*tsvOut, rep); werr != nil {
 				fmt.Fprintf(os.Stderr, "bench: %v\n", werr)
 				return 1
 			}

@@ -455,3 +455,34 @@ func fmtInt(n int) string {
 	}
 	return s
 }
+
+// writeTSV writes one line per cell with 5 endpoints per service: services, backend, and
+// the median kproxy full sync and bare restore in seconds ("-" when not measured). It is
+// hack/plot.sh's input.
+func writeTSV(path string, rep *report) error {
+	var b strings.Builder
+	b.WriteString("services\tbackend\tkproxy_seconds\tbare_seconds\n")
+	for _, c := range rep.Cells {
+		if c.Shape.Endpoints != 5 {
+			continue
+		}
+		var full, bare []measurement
+		for _, r := range c.Runs {
+			if !r.Skipped {
+				full = append(full, r.full())
+				bare = append(bare, r.Bare)
+			}
+		}
+		cell := func(ms []measurement) string {
+			if v := medianOf(ms); v > 0 && !math.IsInf(v, 0) {
+				return strconv.FormatFloat(v, 'f', 3, 64)
+			}
+			return "-"
+		}
+		fmt.Fprintf(&b, "%d\t%s\t%s\t%s\n", c.Shape.Services, c.Backend, cell(full), cell(bare))
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
