@@ -229,10 +229,16 @@ func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamil
 	})
 	logger.Info("Proxying", "backend", ipt.Backend(), "nodeIP", nodeIP, "localTrafficDetection", strings.Join(opts.LocalDetector.IfNotLocal, " "),
 		"nodePortAddresses", opts.NodePortAddresses, "localhostNodePorts", opts.LocalhostNodePorts)
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		iptables.Monitor(klog.NewContext(ctx, logger), ipt, iptables.CanaryChain, []string{"mangle", "nat", "filter"}, p.ForceFullSync, cfg.SyncPeriod, clk)
+	}()
+	go func() {
+		defer wg.Done()
+		// `iptables -t nat -F` leaves the canaries (chains) alone but drops this jump.
+		entry := rules.ServicesEntryJump()
+		iptables.MonitorRule(klog.NewContext(ctx, logger), ipt, entry.Table, entry.From, entry.RuleArgs(), p.ForceFullSync, cfg.SyncPeriod, clk)
 	}()
 	go func() {
 		defer wg.Done()

@@ -50,6 +50,9 @@ type Interface interface {
 	// error means the answer is unknown, not that the chain is missing; when
 	// the lock or a kernel resource was busy the error wraps a *BusyError.
 	ChainExists(ctx context.Context, table, chain string) (bool, error)
+	// RuleExists reports whether the rule is in chain (-C). Errors as for
+	// ChainExists.
+	RuleExists(ctx context.Context, table, chain string, args ...string) (bool, error)
 	// EnsureRule inserts the rule at position 1 of chain unless an identical
 	// rule is already in the chain, at any position (-C, then -I).
 	EnsureRule(ctx context.Context, table, chain string, args ...string) error
@@ -267,6 +270,17 @@ func (r *runner) DeleteRule(ctx context.Context, table, chain string, args ...st
 		return nil
 	}
 	return fmt.Errorf("deleting rule from chain %s of table %s: %w", chain, table, classify(err))
+}
+
+func (r *runner) RuleExists(ctx context.Context, table, chain string, args ...string) (bool, error) {
+	if err := checkCtx(ctx, "rule exists"); err != nil {
+		return false, err
+	}
+	exists, err := r.ipt.Exists(table, chain, args...)
+	if err != nil {
+		return false, fmt.Errorf("checking rule in chain %s of table %s: %w", chain, table, classify(err))
+	}
+	return exists, nil
 }
 
 func (r *runner) ChainExists(ctx context.Context, table, chain string) (bool, error) {

@@ -193,3 +193,20 @@ func sleep(ctx context.Context, clk clock.Clock, d time.Duration) bool {
 		return ctx.Err() == nil
 	}
 }
+
+// MonitorRule checks every interval that one rule is in place, and calls reloadFunc when
+// it is gone. The canary chains of Monitor survive `iptables -t nat -F`, which deletes
+// rules but not chains; watching the jump from a built-in chain into ours catches that
+// flush too. Busy checks are ignored; a failed check counts as present, since a chain
+// that cannot be listed is Monitor's business. It blocks until ctx is done.
+func MonitorRule(ctx context.Context, ipt Interface, table, chain string, args []string, reloadFunc func(), interval time.Duration, clk clock.Clock) {
+	logger := klog.FromContext(ctx).WithValues("table", table, "chain", chain)
+	for sleep(ctx, clk, interval) {
+		exists, err := ipt.RuleExists(ctx, table, chain, args...)
+		if err != nil || exists {
+			continue
+		}
+		logger.Info("Our jump from a built-in chain is gone (iptables flushed from outside?); resyncing")
+		reloadFunc()
+	}
+}

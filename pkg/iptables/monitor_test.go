@@ -366,3 +366,47 @@ func TestMonitorRejectsBadArguments(t *testing.T) {
 		t.Error("bad arguments were not logged")
 	}
 }
+
+func TestMonitorRuleReloadsWhenTheJumpIsGone(t *testing.T) {
+	ipt := fake.New(v1.IPv4Protocol, iptables.BackendNFT)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := ipt.EnsureChain(ctx, "nat", "KUBE-SERVICES"); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"}
+	if err := ipt.EnsureRule(ctx, "nat", "PREROUTING", args...); err != nil {
+		t.Fatal(err)
+	}
+	clk := testingclock.NewFakeClock(time.Now())
+	reloads := make(chan struct{}, 10)
+	done := make(chan struct{})
+	go func() {
+		iptables.MonitorRule(ctx, ipt, "nat", "PREROUTING", args, func() { reloads <- struct{}{} }, time.Second, clk)
+		close(done)
+	}()
+	step := func() {
+		for !clk.HasWaiters() {
+			time.Sleep(time.Millisecond)
+		}
+		clk.Step(time.Second)
+	}
+	step()
+	step() // two checks with the jump in place
+	select {
+	case <-reloads:
+		t.Fatal("reloaded while the jump was there")
+	default:
+	}
+	if err := ipt.DeleteRule(ctx, "nat", "PREROUTING", args...); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	select {
+	case <-reloads:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reload after the jump went away")
+	}
+	cancel()
+	<-done
+}

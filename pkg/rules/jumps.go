@@ -58,11 +58,18 @@ func BuiltinJumps() []Jump {
 		jump("filter", "OUTPUT", ChainProxyFirewall, firewallLB, newConn...),
 		jump("filter", "FORWARD", ChainProxyFirewall, firewallLB, newConn...),
 		jump("nat", "OUTPUT", ChainServices, portals),
-		jump("nat", "PREROUTING", ChainServices, portals),
+		ServicesEntryJump(),
 		jump("nat", "POSTROUTING", ChainPostrouting, "kubernetes postrouting rules"),
 		// KUBE-FIREWALL is kubelet's too (same chain, same jumps, both families); ensuring
 		// it keeps the anti-martian rule hooked in when kubelet does not.
 		jump("filter", "INPUT", ChainFirewall, ""),
 		jump("filter", "OUTPUT", ChainFirewall, ""),
 	}
+}
+
+// ServicesEntryJump is the jump from nat PREROUTING into KUBE-SERVICES, through which
+// all service traffic from pods and other hosts enters our rules: if it is gone, our nat
+// rules were flushed.
+func ServicesEntryJump() Jump {
+	return jump("nat", "PREROUTING", ChainServices, "kubernetes service portals")
 }

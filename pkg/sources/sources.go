@@ -52,17 +52,19 @@ type NodeHandler interface {
 	OnNodeSynced()
 }
 
-// Selectors returns the list options of the Service and EndpointSlice watches: services
-// another proxy claims are not ours, headless services have no virtual IP, and the
-// EndpointSlices of headless services are never needed.
+// Selectors returns the list options of the Service and EndpointSlice watches, as
+// upstream sets them for both: services another proxy claims are not ours, and services
+// (and their slices) labelled headless have no virtual IP to program. Services without a
+// cluster IP are left out by the field selector.
 func Selectors() (services, slices metav1.ListOptions) {
 	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
 	noHeadless, _ := labels.NewRequirement(LabelHeadless, selection.DoesNotExist, nil)
+	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
 	services = metav1.ListOptions{
-		LabelSelector: labels.NewSelector().Add(*noProxyName).String(),
+		LabelSelector: selector,
 		FieldSelector: fields.OneTermNotEqualSelector("spec.clusterIP", v1.ClusterIPNone).String(),
 	}
-	slices = metav1.ListOptions{LabelSelector: labels.NewSelector().Add(*noHeadless).String()}
+	slices = metav1.ListOptions{LabelSelector: selector}
 	return services, slices
 }
 

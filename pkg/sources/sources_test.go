@@ -15,10 +15,11 @@ import (
 
 func TestSelectorsMatchUpstream(t *testing.T) {
 	svc, slices := Selectors()
-	if svc.LabelSelector != "!service.kubernetes.io/service-proxy-name" || svc.FieldSelector != "spec.clusterIP!=None" {
+	const labels = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+	if svc.LabelSelector != labels || svc.FieldSelector != "spec.clusterIP!=None" {
 		t.Errorf("service selectors %q / %q", svc.LabelSelector, svc.FieldSelector)
 	}
-	if slices.LabelSelector != "!service.kubernetes.io/headless" {
+	if slices.LabelSelector != labels {
 		t.Errorf("slice selector %q", slices.LabelSelector)
 	}
 }

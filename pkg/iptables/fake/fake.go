@@ -213,6 +213,29 @@ func (f *Fake) EnsureChain(ctx context.Context, table, chain string) error {
 	return f.edit(table, "-N "+chain)
 }
 
+// RuleExists implements iptables.Interface.
+func (f *Fake) RuleExists(ctx context.Context, table, chain string, args ...string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("fake iptables -C: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.busy("fake iptables -C"); err != nil {
+		return false, err
+	}
+	rules, err := f.chain(table, chain)
+	if err != nil {
+		return false, err
+	}
+	want := rulestest.Rule(args).String()
+	for _, r := range rules {
+		if r.String() == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // EnsureRule implements iptables.Interface. Like "iptables -I", it rejects a
 // rule for a missing chain and a rule that jumps to a missing chain.
 func (f *Fake) EnsureRule(ctx context.Context, table, chain string, args ...string) error {
