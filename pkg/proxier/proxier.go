@@ -224,6 +224,11 @@ func (p *Proxier) Sync(ctx context.Context) error {
 
 	var existing []string
 	if full {
+		// Before the restore, while our chains may be empty: on the legacy backend every
+		// check reads the whole table, so checking a full one costs seconds.
+		if err := p.ensureJumps(ctx); err != nil {
+			return err
+		}
 		// A full sync looks at what is really there, to delete leftovers of an earlier
 		// kproxy or kube-proxy (e.g. after a restart). Incremental syncs know from the
 		// previous state which chains their changes made stale.
@@ -280,14 +285,6 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		}
 	}
 
-	if full {
-		// After the restore, every chain the jumps lead to exists (the payload declares
-		// them), so only the jumps themselves are checked.
-		if err := p.ensureJumps(ctx); err != nil {
-			return err
-		}
-	}
-
 	now := p.cfg.Clock.Now()
 	p.needFullSync = false
 	if full {
@@ -313,10 +310,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.afterSync(ctx, snap, changes)
 	if full {
 		// A full sync of a large cluster allocates the whole payload a few times over;
-		// hand that memory back rather than keep it as idle heap until the next one (an
-		// hour away): the node's memory is the workloads'. In the background, so the
-		// sync's latency does not pay for it.
-		go debug.FreeOSMemory()
+		// hand that memory back now rather than keep it as idle heap until the next one
+		// (an hour away): the node's memory is the workloads'.
+		debug.FreeOSMemory()
 	}
 	logger.V(2).Info("Synced rules", "full", full, "changedServices", len(changes.Services),
 		"services", len(snap.Services), "natRules", rs.NATRules, "filterRules", rs.FilterRules,
@@ -344,12 +340,18 @@ func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot, changes t
 	}
 }
 
-// ensureJumps makes sure the built-in chains jump into ours. Existing rules are left where
-// they are; missing ones are inserted first in their chain. KUBE-FIREWALL is the one
-// target a payload may not declare (it is kubelet's too), so it alone is created here.
+// ensureJumps makes sure the built-in chains jump into ours, creating the target chains
+// first (each once). Existing rules are left where they are; missing ones are inserted
+// first in their chain.
 func (p *Proxier) ensureJumps(ctx context.Context) error {
-	if err := p.cfg.IPTables.EnsureChain(ctx, "filter", rules.ChainFirewall); err != nil {
-		return fmt.Errorf("ensuring chain filter/%s: %w", rules.ChainFirewall, err)
+	created := map[string]bool{}
+	for _, j := range rules.BuiltinJumps() {
+		if !created[j.Table+"/"+j.To] {
+			if err := p.cfg.IPTables.EnsureChain(ctx, j.Table, j.To); err != nil {
+				return fmt.Errorf("ensuring chain %s/%s: %w", j.Table, j.To, err)
+			}
+			created[j.Table+"/"+j.To] = true
+		}
 	}
 	for _, j := range rules.BuiltinJumps() {
 		if err := p.cfg.IPTables.EnsureRule(ctx, j.Table, j.From, j.RuleArgs()...); err != nil {
