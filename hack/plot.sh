@@ -29,8 +29,8 @@ set logscale y
 set key top left
 set grid
 plot "$tmp/legacy.dat" using 1:2 with linespoints lw 2 pt 7 title "kproxy, legacy backend", \
-     "$tmp/legacy.dat" using 1:3 with linespoints lw 1 dt 2 pt 6 title "bare iptables-restore, legacy", \
+     "$tmp/legacy.dat" using 1:3 with linespoints lw 1 dt 2 pt 6 title "bare iptables-restore of the same payload, legacy", \
      "$tmp/nft.dat" using 1:2 with linespoints lw 2 pt 5 title "kproxy, nft backend", \
-     "$tmp/nft.dat" using 1:3 with linespoints lw 1 dt 2 pt 4 title "bare iptables-restore, nft (one batch)"
+     "$tmp/nft.dat" using 1:3 with linespoints lw 1 dt 2 pt 4 title "bare iptables-restore of the same payload, nft"
 GP
 echo "plot: wrote $out"
