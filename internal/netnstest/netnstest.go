@@ -82,7 +82,11 @@ func (ns *NS) Name() string { return ns.name }
 // fn runs on a goroutine of its own, so it must report failure by returning an
 // error, not with t.Fatal; a fn that exits through runtime.Goexit or panics
 // makes Do return an error.
-func (ns *NS) Do(fn func() error) error {
+func (ns *NS) Do(fn func() error) error { return Do(ns.name, fn) }
+
+// Do is NS.Do for any namespace "ip netns" knows by name, for callers that did not
+// create it with New (the e2e framework's clusters).
+func Do(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		// The thread stays locked until it is back in its original namespace.
@@ -96,16 +100,16 @@ func (ns *NS) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		target, err := netns.GetFromName(ns.name)
+		target, err := netns.GetFromName(name)
 		if err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netnstest: opening netns %s: %w", ns.name, err)
+			errc <- fmt.Errorf("netnstest: opening netns %s: %w", name, err)
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netnstest: entering netns %s: %w", ns.name, err)
+			errc <- fmt.Errorf("netnstest: entering netns %s: %w", name, err)
 			return
 		}
 
@@ -113,12 +117,12 @@ func (ns *NS) Do(fn func() error) error {
 		var fnErr error
 		defer func() {
 			if r := recover(); r != nil {
-				fnErr = fmt.Errorf("netnstest: fn panicked in netns %s: %v", ns.name, r)
+				fnErr = fmt.Errorf("netnstest: fn panicked in netns %s: %v", name, r)
 			} else if !returned {
-				fnErr = fmt.Errorf("netnstest: fn did not return in netns %s (t.FailNow or runtime.Goexit inside Do?)", ns.name)
+				fnErr = fmt.Errorf("netnstest: fn did not return in netns %s (t.FailNow or runtime.Goexit inside Do?)", name)
 			}
 			if err := netns.Set(orig); err != nil {
-				errc <- errors.Join(fnErr, fmt.Errorf("netnstest: leaving netns %s: %w", ns.name, err))
+				errc <- errors.Join(fnErr, fmt.Errorf("netnstest: leaving netns %s: %w", name, err))
 				return
 			}
 			runtime.UnlockOSThread()

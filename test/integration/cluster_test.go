@@ -280,12 +280,13 @@ func reachesAll(t *testing.T, from *netnstest.NS, network, addr string, pods []*
 	t.Logf("%s %s from %s: %d exchanges, %v", network, addr, from.Name(), len(replies), seen)
 }
 
-// dialErr makes one TCP dial from inside ns and returns its error.
-func dialErr(t *testing.T, ns *netnstest.NS, addr string) error {
+// dialErr makes one TCP dial from inside ns, waiting at most timeout, and returns its
+// error.
+func dialErr(t *testing.T, ns *netnstest.NS, addr string, timeout time.Duration) error {
 	t.Helper()
 	var dialErr error
 	if err := ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, exchangeTimeout)
+		c, err := net.DialTimeout("tcp", addr, timeout)
 		if err == nil {
 			c.Close()
 		}
@@ -301,7 +302,7 @@ func dialErr(t *testing.T, ns *netnstest.NS, addr string) error {
 // REJECT rule's ICMP port unreachable, or a RST), not dropped into a timeout.
 func wantRefused(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
-	if err := dialErr(t, ns, addr); !errors.Is(err, syscall.ECONNREFUSED) {
+	if err := dialErr(t, ns, addr, exchangeTimeout); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("TCP %s from %s: got %v, want ECONNREFUSED", addr, ns.Name(), err)
 	}
 }
@@ -332,20 +333,10 @@ const dropTimeout = time.Second
 // gw namespace drops what no rule intercepted, too.
 func wantDropped(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
-	var dialErr error
-	if err := ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, dropTimeout)
-		if err == nil {
-			c.Close()
-		}
-		dialErr = err
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	err := dialErr(t, ns, addr, dropTimeout)
 	var nerr net.Error
-	if !errors.As(dialErr, &nerr) || !nerr.Timeout() {
-		t.Errorf("TCP %s from %s: got %v, want a timeout (dropped)", addr, ns.Name(), dialErr)
+	if !errors.As(err, &nerr) || !nerr.Timeout() {
+		t.Errorf("TCP %s from %s: got %v, want a timeout (dropped)", addr, ns.Name(), err)
 	}
 }
 

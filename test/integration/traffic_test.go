@@ -108,7 +108,7 @@ func TestNoEndpointsRejects(t *testing.T) {
 		}
 		t.Cleanup(func() { ln.Close() })
 		nodePortAddr := hostPort(nodeAddr.String(), 30081)
-		if err := dialErr(t, c.client, nodePortAddr); err != nil {
+		if err := dialErr(t, c.client, nodePortAddr, exchangeTimeout); err != nil {
 			t.Fatalf("before any rule, the node's listener on %s: %v", nodePortAddr, err)
 		}
 
