@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the e2e cluster's real control plane from Go modules (hack/tools/go.mod):
-# kube-apiserver, kube-controller-manager and etcd, into _output/tools/bin (git-ignored).
+# kube-apiserver, kube-controller-manager and etcd, plus upstream kube-proxy (the oracle of the
+# differential tests, hack/diff.sh), into _output/tools/bin (git-ignored). Test tooling only:
+# kproxy's own module never imports k8s.io/kubernetes.
 #
 # A cold build takes about 15 minutes on 2 cores, so the binaries are cached: the build is
 # skipped when _output/tools/bin/.key matches the hash of hack/tools/go.mod, go.sum and the
@@ -17,7 +19,7 @@ bin=${TOOLS_BIN:-$root/_output/tools/bin}
 key=$(cat hack/tools/go.mod hack/tools/go.sum hack/build-tools.sh <(go env GOVERSION GOOS GOARCH) | sha256sum | cut -d' ' -f1)
 
 if [ "${FORCE:-0}" != 1 ] && [ -f "$bin/.key" ] && [ "$(cat "$bin/.key")" = "$key" ] &&
-  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ]; then
+  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ] && [ -x "$bin/kube-proxy" ]; then
   echo "build-tools: up to date in $bin (key ${key:0:12})"
   exit 0
 fi
@@ -43,6 +45,7 @@ kube_ldflags="-X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMin
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
-mv -f "$tmp/etcd" "$tmp/kube-apiserver" "$tmp/kube-controller-manager" "$bin/"
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$kube_ldflags"
+mv -f "$tmp/etcd" "$tmp/kube-apiserver" "$tmp/kube-controller-manager" "$tmp/kube-proxy" "$bin/"
 echo "$key" > "$bin/.key"
-echo "build-tools: built etcd, kube-apiserver, kube-controller-manager in $bin in $(($(date +%s) - start))s"
+echo "build-tools: built etcd, kube-apiserver, kube-controller-manager, kube-proxy in $bin in $(($(date +%s) - start))s"

@@ -41,7 +41,7 @@ chains, rules and flags as kube-proxy in iptables mode.`,
 			if opts.Cleanup {
 				return CleanupAll(ctx, cfg)
 			}
-			return Run(ctx, cfg, opts.InitOnly)
+			return Run(ctx, cfg, opts.loadedConfig, opts.InitOnly)
 		},
 	}
 	opts.AddFlags(cmd.Flags())

@@ -14,16 +14,13 @@ import (
 const configWatchInterval = 5 * time.Second
 
 // watchConfigFile ends the process (through restart) when the --config file's content
-// changes, as upstream does: a restarted pod picks up the new settings in full, where a
-// reload in place could leave half-applied state. A file that cannot be read is logged
-// and checked again later (ConfigMap updates swap a symlink, briefly).
-func watchConfigFile(ctx context.Context, path string, interval time.Duration, restart func(error)) {
+// differs from loaded, the bytes the running configuration was built from, as upstream
+// does: a restarted pod picks up the new settings in full, where a reload in place could
+// leave half-applied state. Comparing with what was loaded, not with a read made when the
+// watch starts, catches an edit that lands in between. A file that cannot be read is
+// logged and checked again later (ConfigMap updates swap a symlink, briefly).
+func watchConfigFile(ctx context.Context, path string, loaded []byte, interval time.Duration, restart func(error)) {
 	logger := klog.FromContext(ctx)
-	initial, err := os.ReadFile(path)
-	if err != nil {
-		logger.Error(err, "Cannot watch the config file", "file", path)
-		return
-	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -37,7 +34,7 @@ func watchConfigFile(ctx context.Context, path string, interval time.Duration, r
 			logger.V(2).Info("Config file unreadable; checking again later", "file", path, "err", err.Error())
 			continue
 		}
-		if !bytes.Equal(current, initial) {
+		if !bytes.Equal(current, loaded) {
 			restart(fmt.Errorf("config file %s changed; restarting to apply it", path))
 			return
 		}

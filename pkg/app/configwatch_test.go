@@ -27,7 +27,7 @@ func TestConfigFileChangeRestarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	restarted := make(chan error, 1)
-	go watchConfigFile(ctx, path, 10*time.Millisecond, func(err error) { restarted <- err })
+	go watchConfigFile(ctx, path, []byte("a: 1\n"), 10*time.Millisecond, func(err error) { restarted <- err })
 	// Rewriting the same content is not a change.
 	writeAtomically(t, path, "a: 1\n")
 	select {
@@ -43,5 +43,36 @@ func TestConfigFileChangeRestarts(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("a changed config file did not restart the process")
+	}
+}
+
+// TestConfigChangeBeforeWatchRestarts changes the file between loading it and starting
+// the watch: the running configuration is the loaded one, so the change must count.
+func TestConfigChangeBeforeWatchRestarts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	writeAtomically(t, path, header)
+	o, fs, err := newFlags(t, "--config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Complete(fs); err != nil {
+		t.Fatal(err)
+	}
+	if string(o.loadedConfig) != header {
+		t.Fatalf("loaded config %q, want the file's content %q", o.loadedConfig, header)
+	}
+	writeAtomically(t, path, header+"clusterCIDR: 10.244.0.0/16\n")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	restarted := make(chan error, 1)
+	go watchConfigFile(ctx, path, o.loadedConfig, 10*time.Millisecond, func(err error) { restarted <- err })
+	select {
+	case err := <-restarted:
+		if err == nil {
+			t.Error("restart without a reason")
+		}
+	case <-ctx.Done():
+		t.Fatal("a config file changed before the watch started did not restart the process")
 	}
 }

@@ -62,6 +62,9 @@ type Options struct {
 
 	// effective is the configuration Complete settled on, for WriteConfigFile.
 	effective *v1alpha1.KubeProxyConfiguration
+	// loadedConfig is the --config file's content as Complete read it: the config-file
+	// watcher's baseline, so that an edit made after loading still counts as a change.
+	loadedConfig []byte
 }
 
 // NewOptions returns Options whose flag defaults are upstream's defaults.
@@ -194,10 +197,17 @@ func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
 	var v1 *v1alpha1.KubeProxyConfiguration
 	fromFile := o.ConfigFile != ""
 	if fromFile {
-		loaded, err := config.LoadFile(o.ConfigFile)
+		// Read here rather than with config.LoadFile: the watcher must compare against
+		// these very bytes, not a second read that could already see a newer file.
+		data, err := os.ReadFile(o.ConfigFile)
 		if err != nil {
-			return nil, fmt.Errorf("loading --config: %w", err)
+			return nil, fmt.Errorf("loading --config: reading config file: %w", err)
 		}
+		loaded, err := config.Decode(data)
+		if err != nil {
+			return nil, fmt.Errorf("loading --config: config file %s: %w", o.ConfigFile, err)
+		}
+		o.loadedConfig = data
 		for _, name := range o.ignoredFlags(fs) {
 			// klog has no structured call at warning severity; the W level matters here
 			// because operators grep for it after a config change.

@@ -15,6 +15,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/config"
 	"github.com/kproxy-dev/kproxy/pkg/manifests"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
+	"github.com/kproxy-dev/kproxy/pkg/sources"
 	"github.com/kproxy-dev/kproxy/pkg/tracker"
 )
 
@@ -80,14 +81,17 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 		invalid++
 		klog.InfoS("Skipping malformed part of object", "kind", kind, "object", obj, "reason", reason, "detail", detail)
 	})
+	// Only what the daemon's watches would deliver: render must not program a service
+	// that a node leaves to another proxy, or one labelled headless.
 	for _, svc := range objs.Services {
-		if _, claimed := svc.Labels["service.kubernetes.io/service-proxy-name"]; claimed {
-			continue
+		if sources.ServiceSelected(svc) {
+			tr.ServiceChanged(svc, false)
 		}
-		tr.ServiceChanged(svc, false)
 	}
 	for _, s := range objs.EndpointSlices {
-		tr.EndpointSliceChanged(s, false)
+		if sources.EndpointSliceSelected(s) {
+			tr.EndpointSliceChanged(s, false)
+		}
 	}
 	snap, _ := tr.Checkpoint()
 	opts, err := RuleOptions(cfg, family, node, nodeIP)

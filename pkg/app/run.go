@@ -27,6 +27,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/metrics"
 	"github.com/kproxy-dev/kproxy/pkg/model"
+	"github.com/kproxy-dev/kproxy/pkg/nfacct"
 	"github.com/kproxy-dev/kproxy/pkg/nodesetup"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
@@ -35,9 +36,10 @@ import (
 
 // Run is the daemon: it programs services until ctx is done, or until this node changes
 // in a way that needs a restart (as upstream, the process then exits with an error and
-// the DaemonSet restarts it). initOnly stops it after the privileged node setup, for
-// DaemonSets that split setup into an init container.
-func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
+// the DaemonSet restarts it). loadedConfig is the content of cfg.ConfigFile that cfg was
+// built from; any other content there ends the process. initOnly stops it after the
+// privileged node setup, for DaemonSets that split setup into an init container.
+func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly bool) error {
 	logger := klog.FromContext(ctx)
 	warnInert(ctx, cfg)
 	if err := nodeSetup(ctx, cfg); err != nil {
@@ -81,6 +83,7 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registry.MustRegister(metrics.NewNFAcctCollector(nfacct.New(), nfacct.InvalidDropped, nfacct.LocalhostNodePortsAccepted))
 
 	ctx, restart := context.WithCancelCause(ctx)
 	defer restart(nil)
@@ -119,7 +122,7 @@ func Run(ctx context.Context, cfg *config.Config, initOnly bool) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			watchConfigFile(ctx, cfg.ConfigFile, configWatchInterval, restart)
+			watchConfigFile(ctx, cfg.ConfigFile, loadedConfig, configWatchInterval, restart)
 		}()
 	}
 
@@ -224,6 +227,7 @@ func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamil
 		Family: family, IPTables: ipt, Rules: opts, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs(family),
 		Conntrack:     conntrack.NewReconciler(family, conntrack.NewNetlink(family)),
 		ServiceHealth: serviceHealth,
+		NFAcct:        nfacct.New(),
 		MinSyncPeriod: cfg.MinSyncPeriod, SyncPeriod: cfg.SyncPeriod,
 		Health: health, Clock: clk,
 	})

@@ -44,6 +44,9 @@ type Interface interface {
 	// included, in iptables-save order (from "-save -t table"). It is used to
 	// find stale chains.
 	SaveChains(ctx context.Context, table string) ([]string, error)
+	// Save returns table as "-save -t table" prints it, to compare the rules
+	// the kernel holds with those kproxy wrote (drift).
+	Save(ctx context.Context, table string) ([]byte, error)
 	// EnsureChain creates chain in table unless it already exists.
 	EnsureChain(ctx context.Context, table, chain string) error
 	// ChainExists reports whether chain exists in table ("-S chain 1"). An
@@ -163,6 +166,14 @@ func (r *runner) Restore(ctx context.Context, payload []byte) error {
 }
 
 func (r *runner) SaveChains(ctx context.Context, table string) ([]string, error) {
+	save, err := r.Save(ctx, table)
+	if err != nil {
+		return nil, err
+	}
+	return parseChains(save), nil
+}
+
+func (r *runner) Save(ctx context.Context, table string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, r.savePath, "-t", table)
 	// Keep stderr apart: iptables-nft-save warns there ("iptables-legacy
 	// tables present") even when it succeeds, and that is not save output.
@@ -174,7 +185,7 @@ func (r *runner) SaveChains(ctx context.Context, table string) ([]string, error)
 		}
 		return nil, fmt.Errorf("%s -t %s: %w: %s", r.savePath, table, err, strings.TrimSpace(stderr.String()))
 	}
-	return parseChains(stdout.Bytes()), nil
+	return stdout.Bytes(), nil
 }
 
 // parseChains returns the chain names declared (":NAME POLICY [p:b]") in

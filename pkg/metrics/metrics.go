@@ -215,6 +215,25 @@ var (
 		Name:      "invalid_objects_total",
 		Help:      "Cumulative number of objects skipped as malformed, by kind and reason.",
 	}, []string{LabelKind, LabelReason})
+
+	// RulesDriftTotal counts drift checks that found the kernel's rules changed
+	// behind kproxy's back (foreign rules in its dispatch chains, deleted or
+	// flushed chains); each one forces a full sync. Upstream rewrites its
+	// dispatch chains on every sync and has no equivalent.
+	RulesDriftTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kproxy",
+		Name:      "rules_drift_total",
+		Help:      "Cumulative number of drift checks that found kproxy's rules changed by another program, by IP family.",
+	}, []string{LabelIPFamily})
+
+	// KernelRejectedServicesTotal counts services left out of a sync because
+	// iptables-restore rejected their rules, so that the others could be
+	// programmed.
+	KernelRejectedServicesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kproxy",
+		Name:      "kernel_rejected_services_total",
+		Help:      "Cumulative number of times a Service was left out of a sync because the kernel rejected its rules, by IP family.",
+	}, []string{LabelIPFamily})
 )
 
 // collectors lists everything Register registers.
@@ -239,6 +258,8 @@ var collectors = []prometheus.Collector{
 	ConntrackReconcilerSyncDuration,
 	ConntrackReconcilerDeletedEntriesTotal,
 	InvalidObjectsTotal,
+	RulesDriftTotal,
+	KernelRejectedServicesTotal,
 }
 
 // Register registers every kproxy collector with reg. Registering into a
@@ -289,5 +310,52 @@ func plainText(body string) http.HandlerFunc {
 		// A failed write means the client went away; there is no one left
 		// to report it to.
 		_, _ = io.WriteString(w, body)
+	}
+}
+
+// NFAcctReader reads an nfacct counter's packet count (pkg/nfacct).
+type NFAcctReader interface {
+	Packets(name string) (uint64, error)
+}
+
+var (
+	ctStateInvalidDroppedDesc = prometheus.NewDesc("kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+		"packets dropped by iptables to work around conntrack problems", nil, nil)
+	localhostNodePortsAcceptedDesc = prometheus.NewDesc("kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+		"Number of packets accepted on nodeports of loopback interface", nil, nil)
+)
+
+// NFAcctCollector exports upstream's two nfacct counters, read from the kernel at each
+// scrape. A counter that cannot be read (no nfacct in the kernel, not created yet) is
+// left out of that scrape, as upstream does.
+type NFAcctCollector struct {
+	reader NFAcctReader
+	// names maps each counter's nfacct name to its metric.
+	names map[string]*prometheus.Desc
+}
+
+// NewNFAcctCollector returns the collector for reader; register it next to Register's.
+func NewNFAcctCollector(reader NFAcctReader, invalidDropped, localhostNodePortsAccepted string) *NFAcctCollector {
+	return &NFAcctCollector{reader: reader, names: map[string]*prometheus.Desc{
+		invalidDropped:             ctStateInvalidDroppedDesc,
+		localhostNodePortsAccepted: localhostNodePortsAcceptedDesc,
+	}}
+}
+
+// Describe implements prometheus.Collector.
+func (c *NFAcctCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.names {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *NFAcctCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, d := range c.names {
+		n, err := c.reader.Packets(name)
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n))
 	}
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // touchAll gives every vector a child so that it appears in a scrape; an
@@ -34,6 +36,8 @@ func touchAll() {
 	ConntrackReconcilerSyncDuration.WithLabelValues("IPv4").Observe(0.001)
 	ConntrackReconcilerDeletedEntriesTotal.WithLabelValues("IPv4").Add(0)
 	InvalidObjectsTotal.WithLabelValues("EndpointSlice", "BadAddress").Add(0)
+	RulesDriftTotal.WithLabelValues("IPv4")
+	KernelRejectedServicesTotal.WithLabelValues("IPv4")
 }
 
 func TestRegisterIsIdempotent(t *testing.T) {
@@ -99,6 +103,8 @@ func TestMetricNamesAndTypes(t *testing.T) {
 		"kubeproxy_conntrack_reconciler_sync_duration_seconds":               "HISTOGRAM",
 		"kubeproxy_conntrack_reconciler_deleted_entries_total":               "COUNTER",
 		"kproxy_invalid_objects_total":                                       "COUNTER",
+		"kproxy_rules_drift_total":                                           "COUNTER",
+		"kproxy_kernel_rejected_services_total":                              "COUNTER",
 	}
 	for name, typ := range want {
 		if got[name] != typ {
@@ -201,5 +207,29 @@ func TestHandlerScrape(t *testing.T) {
 
 	if code, _, _ := get(t, h, "/nothing"); code != http.StatusNotFound {
 		t.Errorf("/nothing: got %d, want 404", code)
+	}
+}
+
+type fakeCounters map[string]uint64
+
+func (f fakeCounters) Packets(name string) (uint64, error) {
+	n, ok := f[name]
+	if !ok {
+		return 0, errors.New("no such counter")
+	}
+	return n, nil
+}
+
+// TestNFAcctCollector exports the counters that can be read, under upstream's names.
+func TestNFAcctCollector(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewNFAcctCollector(fakeCounters{"invalid": 7}, "invalid", "localhost"))
+	want := `
+# HELP kubeproxy_iptables_ct_state_invalid_dropped_packets_total packets dropped by iptables to work around conntrack problems
+# TYPE kubeproxy_iptables_ct_state_invalid_dropped_packets_total counter
+kubeproxy_iptables_ct_state_invalid_dropped_packets_total 7
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
 	}
 }

@@ -6,7 +6,6 @@ package proxier
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"runtime/debug"
@@ -23,6 +22,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/metrics"
 	"github.com/kproxy-dev/kproxy/pkg/model"
+	"github.com/kproxy-dev/kproxy/pkg/nfacct"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/runner"
 	"github.com/kproxy-dev/kproxy/pkg/tracker"
@@ -55,9 +55,12 @@ type Config struct {
 	// LocalAddrs lists the node's addresses of this family; it is called on every sync,
 	// but only when Rules.NodePortAddresses restricts node ports.
 	LocalAddrs func() ([]netip.Addr, error)
-	// Conntrack and ServiceHealth are optional.
+	// Conntrack, ServiceHealth and NFAcct are optional.
 	Conntrack     ConntrackCleaner
 	ServiceHealth ServiceHealth
+	// NFAcct creates upstream's accounting counters on every full sync; the rules count
+	// into those that exist (rules.Options.Count*).
+	NFAcct nfacct.Interface
 	// MinSyncPeriod spaces syncs apart; SyncPeriod is the retry interval after a failure.
 	MinSyncPeriod, SyncPeriod time.Duration
 	// Health is told when syncs are queued and done; nil disables health reporting.
@@ -86,13 +89,32 @@ type Proxier struct {
 	// largeCluster is the previous sync's large-cluster mode: it skips the hourly full
 	// sync.
 	largeCluster bool
+	// rulesOpts are cfg.Rules with the nfacct counters found on the last full sync.
+	rulesOpts rules.Options
+	// udpCleanupPending is set by a change that may leave UDP conntrack entries pointing
+	// at gone endpoints, and cleared once a successful sync has cleaned them: a failed
+	// sync must not lose it.
+	udpCleanupPending bool
+	// rejected are Services whose rules iptables-restore rejected, with the line it
+	// blamed; they are left out of every sync until they change.
+	rejected map[types.NamespacedName]string
+
+	// applied is the state the kernel holds, for the drift check: nil while a restore
+	// runs or after a failed one. restores counts restores started, so that a drift
+	// check that overlapped one is discarded.
+	applied  atomic.Pointer[rules.State]
+	restores atomic.Uint64
 }
+
+// maxRejectedPerSync bounds how many Services one sync may leave out and retry without:
+// a failure that keeps blaming new Services is not about any one of them.
+const maxRejectedPerSync = 8
 
 // New builds a proxier; call Run to start syncing.
 func New(ctx context.Context, cfg Config) *Proxier {
 	logger := klog.FromContext(ctx).WithValues("ipFamily", cfg.Family)
 	family := string(cfg.Family)
-	p := &Proxier{cfg: cfg, family: family, needFullSync: true}
+	p := &Proxier{cfg: cfg, family: family, needFullSync: true, rulesOpts: cfg.Rules, rejected: map[types.NamespacedName]string{}}
 	zone := cfg.Node.Zone
 	p.zone.Store(&zone)
 	p.tracker = tracker.New(cfg.Family, cfg.Node.Name, cfg.Clock.Now(), func(kind string, obj types.NamespacedName, reason, detail string) {
@@ -112,6 +134,9 @@ func (p *Proxier) Run(ctx context.Context) {
 		p.cfg.Health.Updated(p.cfg.Family)
 	}
 	p.requestSync()
+	if p.cfg.SyncPeriod > 0 {
+		go p.watchDrift(ctx, p.cfg.SyncPeriod)
+	}
 	p.runner.Loop(ctx)
 }
 
@@ -221,22 +246,18 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	// From here on the checkpointed changes are consumed: if anything fails, only a full
 	// sync can be sure to write them.
 	p.needFullSync = true
+	p.udpCleanupPending = p.udpCleanupPending || changes.UDPEndpointsChanged
+	for nn := range changes.Services {
+		delete(p.rejected, nn) // changed: worth another try
+	}
 
-	var existing []string
 	if full {
 		// Before the restore, while our chains may be empty: on the legacy backend every
 		// check reads the whole table, so checking a full one costs seconds.
 		if err := p.ensureJumps(ctx); err != nil {
 			return err
 		}
-		// A full sync looks at what is really there, to delete leftovers of an earlier
-		// kproxy or kube-proxy (e.g. after a restart). Incremental syncs know from the
-		// previous state which chains their changes made stale.
-		saved, err := p.cfg.IPTables.SaveChains(ctx, "nat")
-		if err != nil {
-			logger.Error(err, "Listing nat chains failed; stale chains are kept until a later full sync")
-		}
-		existing = saved
+		p.ensureCounters(ctx)
 	}
 	var localAddrs []netip.Addr
 	if len(p.cfg.Rules.NodePortAddresses) > 0 {
@@ -249,40 +270,37 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	node := p.cfg.Node
 	node.Zone = *p.zone.Load()
 
-	req := rules.Request{
-		Snapshot:          snap,
-		Changed:           changes.Services,
-		ExistingNATChains: existing,
-		Node:              node,
-		LocalAddrs:        localAddrs,
-	}
-	if !full {
-		req.Previous, req.Partial = p.state, true
-	}
-	rs := rules.Render(req, p.cfg.Rules)
-	// Until every batch is applied, the kernel holds neither the old state nor the new.
-	p.state = nil
-
-	// One iptables-restore runs all batches, a commit each: on the nft backend one
-	// process with many commits is faster than a process per batch, which reloads the
-	// whole ruleset each time.
-	if len(rs.Batches) > 0 {
-		payload := rs.Payload()
-		logger.V(9).Info("Restoring", "batches", len(rs.Batches), "payload", string(payload))
-		if err := p.cfg.IPTables.Restore(ctx, payload); err != nil {
-			metrics.IPTablesRestoreFailuresTotal.WithLabelValues(p.family).Inc()
-			if !full {
-				metrics.IPTablesPartialRestoreFailuresTotal.WithLabelValues(p.family).Inc()
-			}
-			var perr *iptables.ParseError
-			if errors.As(err, &perr) {
-				logger.Error(err, "iptables-restore failed; batches before the failing one are applied, each service whole", "line", perr.Line,
-					"context", iptables.LinesAround(payload, perr.Line, 3))
-			} else {
-				logger.Error(err, "iptables-restore failed", "batches", len(rs.Batches))
-			}
-			return fmt.Errorf("restoring %s rules: %w", p.family, err)
+	var rs *rules.Ruleset
+	for attempt := 0; ; attempt++ {
+		req := rules.Request{
+			Snapshot:   p.withoutRejected(snap),
+			Changed:    changes.Services,
+			Node:       node,
+			LocalAddrs: localAddrs,
 		}
+		if full {
+			req.ExistingNATChains = p.existingChains(ctx)
+		} else {
+			req.Previous, req.Partial = p.state, true
+		}
+		rs = rules.Render(req, p.rulesOpts)
+		err := p.restore(ctx, rs, full)
+		if err == nil {
+			break
+		}
+		culprit, line, ok := blame(err, rs)
+		if !ok || attempt == maxRejectedPerSync {
+			return err
+		}
+		// One Service's rules must not stop every other Service's: leave it out and
+		// retry at once. The failed restore may have applied some batches, so the
+		// retry is full.
+		p.rejected[culprit] = line
+		logger.Error(err, "The kernel rejected a Service's rules; programming the others without it until it changes",
+			"service", culprit, "line", line)
+		metrics.KernelRejectedServicesTotal.WithLabelValues(p.family).Inc()
+		metrics.InvalidObjectsTotal.WithLabelValues(tracker.KindService, ReasonRejectedByKernel).Inc()
+		full = true
 	}
 
 	now := p.cfg.Clock.Now()
@@ -291,6 +309,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.lastFullSync = now
 	}
 	p.state = rs.State
+	p.applied.Store(rs.State)
 	p.largeCluster = rs.LargeCluster
 
 	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
@@ -307,7 +326,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if p.cfg.Health != nil {
 		p.cfg.Health.Updated(p.cfg.Family)
 	}
-	p.afterSync(ctx, snap, changes)
+	p.afterSync(ctx, snap)
 	if full {
 		// A full sync of a large cluster allocates the whole payload a few times over;
 		// hand that memory back now rather than keep it as idle heap until the next one
@@ -323,7 +342,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 
 // afterSync does what must follow a successful restore. Its failures do not fail the
 // sync: the rules are right, and each step is retried on the next sync.
-func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot, changes tracker.Changes) {
+func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot) {
 	logger := klog.FromContext(ctx)
 	if p.cfg.ServiceHealth != nil {
 		if err := p.cfg.ServiceHealth.SyncServices(ctx, snap.HealthCheckNodePorts()); err != nil {
@@ -333,11 +352,34 @@ func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot, changes t
 	}
 	// Only now do the new rules send new UDP flows to live endpoints; deleting the old
 	// entries earlier would let the next packet recreate them.
-	if p.cfg.Conntrack != nil && changes.UDPEndpointsChanged {
+	if p.cfg.Conntrack != nil && p.udpCleanupPending {
 		if err := p.cfg.Conntrack.CleanStaleEntries(ctx, snap); err != nil {
 			logger.Error(err, "Removing stale UDP conntrack entries failed")
+			return
 		}
+		p.udpCleanupPending = false
 	}
+}
+
+// ensureCounters creates upstream's nfacct counters, as upstream does on every full sync,
+// and lets the rules count into those that exist: a rule naming a missing counter would
+// make the kernel reject the whole table.
+func (p *Proxier) ensureCounters(ctx context.Context) {
+	opts := p.cfg.Rules
+	if p.cfg.NFAcct != nil {
+		ensure := func(name string) bool {
+			if err := p.cfg.NFAcct.Ensure(name); err != nil {
+				klog.FromContext(ctx).V(2).Info("nfacct counter unavailable; its rules are written without accounting", "counter", name, "err", err)
+				return false
+			}
+			return true
+		}
+		// Both are created whatever the options, as upstream does; the renderer uses
+		// each only where its rule exists.
+		opts.CountInvalidDropped = ensure(nfacct.InvalidDropped)
+		opts.CountLocalhostNodePorts = ensure(nfacct.LocalhostNodePortsAccepted)
+	}
+	p.rulesOpts = opts
 }
 
 // ensureJumps makes sure the built-in chains jump into ours, creating the target chains

@@ -176,6 +176,26 @@ var basicCases = []renderCase{{
 	},
 	filterRules: 2, natRules: 5 + 1 + 3,
 }, {
+	// Upstream's nfacct accounting, as on a kernel with nfnetlink_acct: the INVALID drop
+	// counts what it drops, and a node port reached on 127.0.0.0/8 is counted by a rule
+	// of its own before the rule that handles it.
+	name: "nfacct",
+	build: func(b *snapshotBuilder) {
+		b.svc("ns1", "svc1", "p80", tcp, "172.30.0.41", 80, 30080, "10.180.0.1:80")
+		b.svc("ns1", "svc2", "p80", tcp, "172.30.0.42", 80, 30081)
+	},
+	opts: func(o *rules.Options) {
+		o.CountInvalidDropped = true
+		o.CountLocalhostNodePorts = true
+	},
+	traces: []traceCase{
+		{name: "node port on localhost", src: "127.0.0.1", dst: "127.0.0.1", proto: "tcp", port: 30080, fromLocal: true,
+			want: "endpoints=10.180.0.1:80 masq=true verdict=ACCEPT"},
+		{name: "node port on the node IP", src: "203.0.113.2", dst: "192.168.0.2", proto: "tcp", port: 30080,
+			want: "endpoints=10.180.0.1:80 masq=true verdict=ACCEPT"},
+	},
+	filterRules: 6, natRules: 14,
+}, {
 	name: "ipv6",
 	build: func(b *snapshotBuilder) {
 		b.svc("ns1", "svc1", "p80", tcp, "fd00:172:30::41", 80, 30080, "[fd00:10:180::1]:80", "[fd00:10:180::2]:80")

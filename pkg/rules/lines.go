@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"strconv"
 	"strings"
 )
@@ -72,16 +73,17 @@ func (b *lineBuffer) mark() bufferMark {
 	return bufferMark{chains: len(b.chains), rules: len(b.rules), nChains: b.nChains, nRules: b.nRules}
 }
 
-// deleteOps appends n deletions of the rule at 1-based position pos of chain; each
-// deletion moves the following rules up, so the position stays the same.
-func deleteOps(b []byte, chain string, pos, n int) []byte {
-	p := strconv.Itoa(pos)
-	for i := 0; i < n; i++ {
-		b = append(b, "-D "...)
-		b = append(b, chain...)
-		b = append(b, ' ')
-		b = append(b, p...)
-		b = append(b, '\n')
+// deleteOps turns the "-A chain ..." lines of text into "-D chain ..." lines: deletion by
+// rule specification, never by position. A rule that is no longer where kproxy left it
+// (another program inserted or deleted rules in the chain) is still found; a rule that is
+// gone makes the restore fail, and so the next sync full, instead of deleting whatever
+// rule took its place.
+func deleteOps(b []byte, text []byte) []byte {
+	for len(text) > 0 {
+		end := bytes.IndexByte(text, '\n') + 1
+		b = append(b, "-D"...)
+		b = append(b, text[len("-A"):end]...)
+		text = text[end:]
 	}
 	return b
 }

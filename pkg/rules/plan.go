@@ -112,7 +112,10 @@ func (p *planner) batches() ([][]byte, int) {
 		sw.Write(filter)
 		sw.WriteString("COMMIT\n")
 	}
-	if len(natShared) > 0 {
+	// A full sync always flushes the nat dispatch chains, even when it writes no rule into
+	// them (no services, node ports on no local address): they may still jump to the
+	// stale chains deleted below, and a chain that is jumped to cannot be deleted.
+	if len(natShared) > 0 || !p.partial {
 		sw.WriteString("*nat\n")
 		switch {
 		case !p.partial && len(out) == 0:
@@ -217,9 +220,10 @@ func (p *planner) sharedRules() (filter, nat []byte, written int) {
 
 // diff edits shared chain k from the previous state into the new one: the chain holds
 // the services' groups of rules in service order (and the node-ports tail for nat
-// KUBE-SERVICES), so a merge walk over both orders finds the groups that changed, and
-// rule positions tell iptables where to delete and insert. It returns the ops and the
-// number of rules inserted.
+// KUBE-SERVICES), so a merge walk over both orders finds the groups that changed. Old
+// groups are deleted by rule specification (deleteOps), so an edit can fail but never
+// remove another service's rule; new groups are inserted at the position the service's
+// order gives them. It returns the ops and the number of rules inserted.
 func (p *planner) diff(k sharedChain) ([]byte, int) {
 	chain := sharedChains[k].name
 	var ops []byte
@@ -231,7 +235,7 @@ func (p *planner) diff(k sharedChain) ([]byte, int) {
 			return
 		}
 		if old != nil {
-			ops = deleteOps(ops, chain, pos, old.n)
+			ops = deleteOps(ops, old.text)
 		}
 		if cur != nil {
 			ops = insertOps(ops, chain, pos, cur.text)
@@ -251,8 +255,14 @@ func (p *planner) diff(k sharedChain) ([]byte, int) {
 			replace(&old.shared[k], &cur.shared[k])
 		}
 	})
-	if k == natServices {
-		replace(&p.prev.tail, &p.st.tail)
+	// The node-ports tail must stay last in nat KUBE-SERVICES. Inserts go by position, and
+	// positions are only right while no other program changed the chain: after any insert
+	// the tail is deleted (by specification) and appended again, so it ends last whatever
+	// the chain held, and a missing tail fails the sync.
+	if k == natServices && (inserted > 0 || !bytes.Equal(p.prev.tail.text, p.st.tail.text)) {
+		ops = deleteOps(ops, p.prev.tail.text)
+		ops = append(ops, p.st.tail.text...)
+		inserted += p.st.tail.n
 	}
 	return ops, inserted
 }

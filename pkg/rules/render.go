@@ -57,6 +57,10 @@ type Options struct {
 	// DropInvalid drops conntrack-INVALID packets in KUBE-FORWARD; off when the kernel is
 	// told to be liberal with TCP windows (nf_conntrack_tcp_be_liberal).
 	DropInvalid bool
+	// CountInvalidDropped and CountLocalhostNodePorts add upstream's nfacct accounting
+	// ("-m nfacct") to the INVALID drop and to node ports reached on 127.0.0.0/8; set
+	// them only while the counters (pkg/nfacct) exist, or the kernel rejects the rules.
+	CountInvalidDropped, CountLocalhostNodePorts bool
 	// NodePortAddresses limits node ports to local addresses in these ranges; empty means
 	// every local address.
 	NodePortAddresses []netip.Prefix
@@ -127,6 +131,12 @@ func (rs *Ruleset) Payload() []byte {
 	}
 	return bytes.Join(rs.Batches, nil)
 }
+
+// The nfacct counters of the Count* options; pkg/nfacct creates them under these names.
+const (
+	nfacctInvalidDropped     = "ct_state_invalid_dropped_pkts"
+	nfacctLocalhostNodePorts = "localhost_nps_accepted_pkts"
+)
 
 // LargeClusterEndpoints is the endpoint count above which the per-endpoint rule comments
 // are dropped; upstream uses the same threshold, so rule text stays identical.
@@ -240,7 +250,12 @@ func (r *renderer) writeFixedFilter(b *lineBuffer) {
 	if r.opts.DropInvalid {
 		// An INVALID packet would otherwise bypass the DNAT reversal and reach the client
 		// with the pod's address, which answers it with a RST.
-		b.rule(ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		if r.opts.CountInvalidDropped {
+			b.rule(ChainForward, "-m", "conntrack", "--ctstate", "INVALID",
+				"-m", "nfacct", "--nfacct-name", nfacctInvalidDropped, "-j", "DROP")
+		} else {
+			b.rule(ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		}
 	}
 	// Let forwarded service traffic through a host firewall whose FORWARD policy is
 	// DROP: marked (masqueraded) packets and replies of tracked connections.

@@ -121,6 +121,12 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 		if hasEndpoints {
 			// Node ports are not subject to loadBalancerSourceRanges (upstream behaviour
 			// that users rely on), so they enter at EXT, not FW.
+			if r.localhostNodePorts() && r.opts.CountLocalhostNodePorts {
+				// Accounting only: the next rule matches the same packets.
+				r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
+					"-m", p.proto, "-p", p.proto, "-d", "127.0.0.0/8", "--dport", nodePort,
+					"-m", "nfacct", "--nfacct-name", nfacctLocalhostNodePorts, "-j", p.extChain)
+			}
 			r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
 				"-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", p.extChain)
 		}

@@ -1,7 +1,8 @@
 package rules
 
 import (
-	"fmt"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 
@@ -45,7 +46,7 @@ type portRecord struct {
 // State is what a render leaves for the next one. It is opaque to callers, immutable,
 // and valid as Request.Previous only once all batches of its Ruleset were applied.
 type State struct {
-	optsKey      string
+	opts         Options
 	node         model.Node
 	largeCluster bool
 	// order lists the service ports sorted (model.ServicePortName.Less), recs their
@@ -58,7 +59,7 @@ type State struct {
 
 func newState(opts Options, node model.Node, largeCluster bool, order []model.ServicePortName) *State {
 	return &State{
-		optsKey: fmt.Sprintf("%+v", opts), node: node, largeCluster: largeCluster,
+		opts: opts, node: node, largeCluster: largeCluster,
 		order: order, recs: make([]*portRecord, len(order)),
 	}
 }
@@ -134,7 +135,8 @@ func sortedNames(snap *model.Snapshot, prev *State) []model.ServicePortName {
 // compatible reports whether records of this state can be reused by a render with these
 // inputs: the ones that shape every service's rules must not have changed.
 func (s *State) compatible(opts Options, node model.Node, largeCluster bool) bool {
-	return s.optsKey == fmt.Sprintf("%+v", opts) && s.node == node && s.largeCluster == largeCluster
+	// DeepEqual compares every field, so a new option can never be missed here.
+	return reflect.DeepEqual(s.opts, opts) && s.node == node && s.largeCluster == largeCluster
 }
 
 // counts totals the rules the kernel will hold and the no-local-endpoints gauges.
@@ -172,7 +174,7 @@ func (s *State) staleChains(prev *State, partial bool, existing []string) []stri
 				return
 			}
 			for _, c := range old.active {
-				if cur == nil || !contains(cur.active, c) {
+				if cur == nil || !slices.Contains(cur.active, c) {
 					stale[c] = true
 				}
 			}
@@ -215,15 +217,6 @@ func chainRank(chain string) int {
 		return 2
 	}
 	return 3
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Chains lists the per-service and per-endpoint nat chains the state's rules use, sorted.

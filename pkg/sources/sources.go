@@ -52,20 +52,50 @@ type NodeHandler interface {
 	OnNodeSynced()
 }
 
-// Selectors returns the list options of the Service and EndpointSlice watches, as
-// upstream sets them for both: services another proxy claims are not ours, and services
-// (and their slices) labelled headless have no virtual IP to program. Services without a
-// cluster IP are left out by the field selector.
-func Selectors() (services, slices metav1.ListOptions) {
-	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
-	noHeadless, _ := labels.NewRequirement(LabelHeadless, selection.DoesNotExist, nil)
-	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	services = metav1.ListOptions{
-		LabelSelector: selector,
-		FieldSelector: fields.OneTermNotEqualSelector("spec.clusterIP", v1.ClusterIPNone).String(),
+// fieldClusterIP is the Service field the watch's field selector looks at.
+const fieldClusterIP = "spec.clusterIP"
+
+// The watches' selectors, as upstream sets them for both Services and EndpointSlices:
+// services another proxy claims are not ours, and services (and their slices) labelled
+// headless have no virtual IP to program. Services without a cluster IP are left out by
+// the field selector. Selectors (for the API server) and ServiceSelected /
+// EndpointSliceSelected (for `kproxy render`'s manifests) are both derived from these, so
+// the daemon and render see the same objects.
+var (
+	watchLabels   = withoutLabels(LabelServiceProxyName, LabelHeadless)
+	serviceFields = fields.OneTermNotEqualSelector(fieldClusterIP, v1.ClusterIPNone)
+)
+
+// withoutLabels selects objects that carry none of keys.
+func withoutLabels(keys ...string) labels.Selector {
+	sel := labels.NewSelector()
+	for _, k := range keys {
+		r, err := labels.NewRequirement(k, selection.DoesNotExist, nil)
+		if err != nil {
+			// The keys are constants: only a typo in this file gets here.
+			panic(fmt.Sprintf("label selector on %q: %v", k, err))
+		}
+		sel = sel.Add(*r)
 	}
-	slices = metav1.ListOptions{LabelSelector: selector}
+	return sel
+}
+
+// Selectors returns the list options of the Service and EndpointSlice watches.
+func Selectors() (services, slices metav1.ListOptions) {
+	services = metav1.ListOptions{LabelSelector: watchLabels.String(), FieldSelector: serviceFields.String()}
+	slices = metav1.ListOptions{LabelSelector: watchLabels.String()}
 	return services, slices
+}
+
+// ServiceSelected reports whether the Service watch delivers svc.
+func ServiceSelected(svc *v1.Service) bool {
+	return watchLabels.Matches(labels.Set(svc.Labels)) &&
+		serviceFields.Matches(fields.Set{fieldClusterIP: svc.Spec.ClusterIP})
+}
+
+// EndpointSliceSelected reports whether the EndpointSlice watch delivers slice.
+func EndpointSliceSelected(slice *discovery.EndpointSlice) bool {
+	return watchLabels.Matches(labels.Set(slice.Labels))
 }
 
 // stripManagedFields drops server-side-apply bookkeeping, which is large and never read,

@@ -9,6 +9,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 )
@@ -21,6 +23,48 @@ func TestSelectorsMatchUpstream(t *testing.T) {
 	}
 	if slices.LabelSelector != labels {
 		t.Errorf("slice selector %q", slices.LabelSelector)
+	}
+}
+
+// TestSelectedAgreesWithSelectors checks the manifest filters (used by `kproxy render`)
+// against the list options the API server applies, parsed back as the server would.
+func TestSelectedAgreesWithSelectors(t *testing.T) {
+	svcOpts, sliceOpts := Selectors()
+	svcLabels, err := labels.Parse(svcOpts.LabelSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcFields, err := fields.ParseSelector(svcOpts.FieldSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sliceLabels, err := labels.Parse(sliceOpts.LabelSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		labels     map[string]string
+		clusterIP  string
+		svc, slice bool // whether the watches deliver the Service, and a slice so labelled
+	}{
+		{nil, "10.96.0.1", true, true},
+		{map[string]string{"app": "web", discovery.LabelServiceName: "web"}, "10.96.0.1", true, true},
+		{map[string]string{LabelServiceProxyName: "other"}, "10.96.0.1", false, false},
+		{map[string]string{LabelServiceProxyName: ""}, "10.96.0.1", false, false},
+		{map[string]string{LabelHeadless: ""}, "10.96.0.1", false, false},
+		{nil, v1.ClusterIPNone, false, true},
+		{nil, "", true, true}, // ExternalName: delivered, then given no rules
+	} {
+		svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Labels: tc.labels}, Spec: v1.ServiceSpec{ClusterIP: tc.clusterIP}}
+		server := svcLabels.Matches(labels.Set(tc.labels)) && svcFields.Matches(fields.Set{"spec.clusterIP": tc.clusterIP})
+		if got := ServiceSelected(svc); got != tc.svc || server != tc.svc {
+			t.Errorf("Service %v clusterIP %q: selected %t, by the list options %t, want %t", tc.labels, tc.clusterIP, got, server, tc.svc)
+		}
+		slice := &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Labels: tc.labels}}
+		server = sliceLabels.Matches(labels.Set(tc.labels))
+		if got := EndpointSliceSelected(slice); got != tc.slice || server != tc.slice {
+			t.Errorf("EndpointSlice %v: selected %t, by the list options %t, want %t", tc.labels, got, server, tc.slice)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -67,9 +68,13 @@ func validName(n types.NamespacedName) bool {
 	return len(validation.IsDNS1123Label(n.Namespace)) == 0 && len(validation.IsDNS1123Subdomain(n.Name)) == 0
 }
 
-// validPortName accepts "" (a lone unnamed port) or an IANA service name.
+// validPortName accepts what the API server accepts for Service and EndpointSlice port
+// names: "" (a lone unnamed port) or a DNS-1123 label. Upstream checks nothing; kproxy
+// refuses the rest because names reach rule comments and chain hashes, where quotes or
+// spaces would break the restore payload. (The 15-character IANA rule is for container
+// port names, not these.)
 func validPortName(name string) bool {
-	return name == "" || len(validation.IsValidPortName(name)) == 0
+	return name == "" || len(validation.IsDNS1123Label(name)) == 0
 }
 
 func validProtocol(p v1.Protocol) bool {
@@ -175,14 +180,11 @@ func serviceWide(svc *v1.Service, nn types.NamespacedName, family v1.IPFamily, i
 	}
 	for _, r := range svc.Spec.LoadBalancerSourceRanges {
 		r = strings.TrimSpace(r)
-		_, ipnet, err := netutils.ParseCIDRSloppy(r)
-		if err != nil {
+		prefix, ones, ok := parseSourceRange(r)
+		if !ok {
 			invalid(KindService, nn, ReasonBadSourceRange, r)
 			continue
 		}
-		ones, _ := ipnet.Mask.Size()
-		addr, _ := netip.AddrFromSlice(ipnet.IP)
-		prefix := netip.PrefixFrom(addr.Unmap(), ones)
 		if familyOf(prefix.Addr()) != family {
 			continue
 		}
@@ -204,9 +206,43 @@ func serviceWide(svc *v1.Service, nn types.NamespacedName, family v1.IPFamily, i
 	sp.ExternalPolicyLocal = externallyAccessible && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	sp.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer && sp.ExternalPolicyLocal {
-		sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+		// Upstream logs a missing (0) port as an error and serves none. Out of range, the
+		// port would make the restore payload fail on every node; only this rule is lost.
+		switch p := svc.Spec.HealthCheckNodePort; {
+		case p == 0:
+			invalid(KindService, nn, ReasonBadPort, "healthCheckNodePort missing")
+		case p < 0 || p > 65535:
+			invalid(KindService, nn, ReasonBadPort, fmt.Sprintf("healthCheckNodePort %d", p))
+		default:
+			sp.HealthCheckNodePort = p
+		}
 	}
 	return sp
+}
+
+// parseSourceRange reads a loadBalancerSourceRanges entry as upstream does
+// (netutils.ParseCIDRSloppy: leading zeros are decimal, host bits are masked) and returns
+// the prefix upstream writes (net.IPNet.String()). ones is the parsed mask's length, which
+// is what upstream's "/0 means everyone" check looks at.
+//
+// An IPv4-mapped IPv6 range such as ::ffff:10.0.0.0/104 parses to a 16-byte address with
+// a 128-bit mask; upstream counts it as IPv4 and writes it as 10.0.0.0/8, so the address
+// is unmapped and the 96 mapping bits taken off the length. ok is false when no valid
+// prefix results: a zero netip.Prefix would reach the payload as "invalid Prefix".
+func parseSourceRange(s string) (prefix netip.Prefix, ones int, ok bool) {
+	_, ipnet, err := netutils.ParseCIDRSloppy(s)
+	if err != nil {
+		return netip.Prefix{}, 0, false
+	}
+	ones, _ = ipnet.Mask.Size()
+	// A slice of the wrong length gives the zero Addr, and so an invalid prefix below.
+	addr, _ := netip.AddrFromSlice(ipnet.IP)
+	length := ones
+	if addr.Is4In6() {
+		addr, length = addr.Unmap(), ones-96
+	}
+	prefix = netip.PrefixFrom(addr, length)
+	return prefix, ones, prefix.IsValid()
 }
 
 // sliceEndpoints is what one EndpointSlice contributes: endpoints per service port.

@@ -5,6 +5,7 @@
 package tracker
 
 import (
+	"maps"
 	"reflect"
 	"sync"
 	"time"
@@ -38,18 +39,23 @@ type Tracker struct {
 	started  time.Time
 
 	mu sync.Mutex
-	// Pending events, applied at the next Checkpoint. A nil value records a deletion.
-	pendingServices map[types.NamespacedName][]*model.ServicePort
-	pendingSlices   map[types.NamespacedName]map[string]sliceEndpoints
-	deletedSlices   map[types.NamespacedName]map[string]bool
-	triggerTimes    map[types.NamespacedName][]time.Time
-	serviceEvents   int
-	sliceEvents     int
+	// Latest state, as the events left it; handlers compare against it to tell a real
+	// change from a resync. Slices are filed by service, then slice name; sliceService
+	// says where each slice (by namespace/name) is filed, so that a slice whose service
+	// label changes leaves its old service, and a deletion finds it whatever its label.
+	services     map[types.NamespacedName][]*model.ServicePort
+	slices       map[types.NamespacedName]map[string]sliceEndpoints
+	sliceService map[types.NamespacedName]types.NamespacedName
+	// Services whose ports or slices changed since the last Checkpoint.
+	changedServices  map[types.NamespacedName]bool
+	changedEndpoints map[types.NamespacedName]bool
+	triggerTimes     map[types.NamespacedName][]time.Time
+	serviceEvents    int
+	sliceEvents      int
 
 	// Applied state, owned by Checkpoint (which runs on the sync goroutine only).
-	services  map[types.NamespacedName][]*model.ServicePort
-	slices    map[types.NamespacedName]map[string]sliceEndpoints
-	endpoints map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint
+	appliedServices map[types.NamespacedName][]*model.ServicePort
+	endpoints       map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint
 }
 
 // New returns an empty tracker for one family. Endpoints on nodeName are local. invalid is
@@ -57,22 +63,24 @@ type Tracker struct {
 // ignored (they predate us).
 func New(family v1.IPFamily, nodeName string, started time.Time, invalid Invalid) *Tracker {
 	return &Tracker{
-		family:          family,
-		nodeName:        nodeName,
-		invalid:         invalid,
-		started:         started,
-		pendingServices: map[types.NamespacedName][]*model.ServicePort{},
-		pendingSlices:   map[types.NamespacedName]map[string]sliceEndpoints{},
-		deletedSlices:   map[types.NamespacedName]map[string]bool{},
-		triggerTimes:    map[types.NamespacedName][]time.Time{},
-		services:        map[types.NamespacedName][]*model.ServicePort{},
-		slices:          map[types.NamespacedName]map[string]sliceEndpoints{},
-		endpoints:       map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint{},
+		family:           family,
+		nodeName:         nodeName,
+		invalid:          invalid,
+		started:          started,
+		services:         map[types.NamespacedName][]*model.ServicePort{},
+		slices:           map[types.NamespacedName]map[string]sliceEndpoints{},
+		sliceService:     map[types.NamespacedName]types.NamespacedName{},
+		changedServices:  map[types.NamespacedName]bool{},
+		changedEndpoints: map[types.NamespacedName]bool{},
+		triggerTimes:     map[types.NamespacedName][]time.Time{},
+		appliedServices:  map[types.NamespacedName][]*model.ServicePort{},
+		endpoints:        map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint{},
 	}
 }
 
 // ServiceChanged records a Service add/update (svc set) or delete (deleted true). It
-// reports whether a sync is needed.
+// reports whether a sync is needed: false when the service converts to what is already
+// tracked (an informer resync, or a change to fields kproxy does not use).
 func (t *Tracker) ServiceChanged(svc *v1.Service, deleted bool) bool {
 	nn := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	var ports []*model.ServicePort
@@ -82,119 +90,128 @@ func (t *Tracker) ServiceChanged(svc *v1.Service, deleted bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.serviceEvents++
-	t.pendingServices[nn] = ports
+	if reflect.DeepEqual(t.services[nn], ports) {
+		return false
+	}
+	if ports == nil {
+		delete(t.services, nn)
+	} else {
+		t.services[nn] = ports
+	}
+	t.changedServices[nn] = true
 	return true
 }
 
 // EndpointSliceChanged records an EndpointSlice add/update or delete. Slices of another
-// address family are ignored. It reports whether a sync is needed.
+// address family are ignored. It reports whether a sync is needed: false when the slice
+// converts to what is already tracked for it.
 func (t *Tracker) EndpointSliceChanged(slice *discovery.EndpointSlice, deleted bool) bool {
 	if slice.AddressType != discovery.AddressType(t.family) {
 		return false
 	}
-	svc, ok := serviceOfSlice(slice)
-	if !ok {
-		t.invalid(KindEndpointSlice, types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}, ReasonNoServiceLabel, "")
-		return false
-	}
+	key := types.NamespacedName{Namespace: slice.Namespace, Name: slice.Name}
+	svc, labelled := serviceOfSlice(slice)
 	var eps sliceEndpoints
-	if !deleted {
+	switch {
+	case deleted:
+	case !labelled:
+		t.invalid(KindEndpointSlice, key, ReasonNoServiceLabel, "")
+	default:
 		eps = convertSlice(slice, svc, t.family, t.nodeName, t.invalid)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.sliceEvents++
-	if deleted {
-		// Latency is measured from the change that triggered a programming; a deletion
-		// ends that service's pending measurements.
-		delete(t.triggerTimes, svc)
-		if t.deletedSlices[svc] == nil {
-			t.deletedSlices[svc] = map[string]bool{}
-		}
-		t.deletedSlices[svc][slice.Name] = true
-		delete(t.pendingSlices[svc], slice.Name)
-		return true
+	changed := false
+	if old, tracked := t.sliceService[key]; tracked && (deleted || !labelled || old != svc) {
+		// Deleted, or no longer labelled for that service: its endpoints leave with it.
+		t.removeSlice(old, key)
+		changed = true
+	}
+	if deleted || !labelled {
+		return changed
+	}
+	if prev, tracked := t.slices[svc][key.Name]; tracked && reflect.DeepEqual(prev, eps) {
+		return changed
 	}
 	if ts, ok := slice.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
 		if tt, err := time.Parse(time.RFC3339Nano, ts); err == nil && tt.After(t.started) {
 			t.triggerTimes[svc] = append(t.triggerTimes[svc], tt)
 		}
 	}
-	if t.pendingSlices[svc] == nil {
-		t.pendingSlices[svc] = map[string]sliceEndpoints{}
+	if t.slices[svc] == nil {
+		t.slices[svc] = map[string]sliceEndpoints{}
 	}
-	t.pendingSlices[svc][slice.Name] = eps
-	delete(t.deletedSlices[svc], slice.Name)
+	t.slices[svc][key.Name] = eps
+	t.sliceService[key] = svc
+	t.changedEndpoints[svc] = true
 	return true
+}
+
+// removeSlice forgets a slice filed under svc. Callers hold mu.
+func (t *Tracker) removeSlice(svc, key types.NamespacedName) {
+	delete(t.slices[svc], key.Name)
+	if len(t.slices[svc]) == 0 {
+		delete(t.slices, svc)
+	}
+	delete(t.sliceService, key)
+	t.changedEndpoints[svc] = true
+	// Latency is measured from the change that triggered a programming; a removal ends
+	// that service's pending measurements.
+	delete(t.triggerTimes, svc)
 }
 
 // Pending reports how many services have unapplied service and endpoint changes.
 func (t *Tracker) Pending() (services, endpoints int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	eps := len(t.pendingSlices)
-	for svc := range t.deletedSlices {
-		if _, ok := t.pendingSlices[svc]; !ok {
-			eps++
-		}
-	}
-	return len(t.pendingServices), eps
+	return len(t.changedServices), len(t.changedEndpoints)
 }
 
 // Checkpoint applies the pending changes and returns a new immutable snapshot with what
 // changed. It must be called from one goroutine at a time (the sync loop).
 func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 	t.mu.Lock()
-	pendingServices, pendingSlices, deletedSlices, triggerTimes := t.pendingServices, t.pendingSlices, t.deletedSlices, t.triggerTimes
 	ch := Changes{Services: map[types.NamespacedName]bool{}, ServiceEvents: t.serviceEvents, EndpointSliceEvents: t.sliceEvents}
-	t.pendingServices = map[types.NamespacedName][]*model.ServicePort{}
-	t.pendingSlices = map[types.NamespacedName]map[string]sliceEndpoints{}
-	t.deletedSlices = map[types.NamespacedName]map[string]bool{}
+	ports := make(map[types.NamespacedName][]*model.ServicePort, len(t.changedServices))
+	for nn := range t.changedServices {
+		ports[nn] = t.services[nn]
+	}
+	// The per-service slice maps change under later events; the copies are ours. Their
+	// values are never modified once converted.
+	slicesOf := make(map[types.NamespacedName]map[string]sliceEndpoints, len(t.changedEndpoints))
+	for nn := range t.changedEndpoints {
+		slicesOf[nn] = maps.Clone(t.slices[nn])
+	}
+	triggerTimes := t.triggerTimes
+	t.changedServices = map[types.NamespacedName]bool{}
+	t.changedEndpoints = map[types.NamespacedName]bool{}
 	t.triggerTimes = map[types.NamespacedName][]time.Time{}
 	t.serviceEvents, t.sliceEvents = 0, 0
 	t.mu.Unlock()
 
-	for nn, ports := range pendingServices {
-		if reflect.DeepEqual(t.services[nn], ports) {
+	for nn, p := range ports {
+		if reflect.DeepEqual(t.appliedServices[nn], p) {
 			continue
 		}
 		ch.Services[nn] = true
-		if ports == nil {
-			delete(t.services, nn)
+		if p == nil {
+			delete(t.appliedServices, nn)
 		} else {
-			t.services[nn] = ports
+			t.appliedServices[nn] = p
 		}
 	}
-
-	touched := map[types.NamespacedName]bool{}
-	for nn, names := range deletedSlices {
-		for name := range names {
-			delete(t.slices[nn], name)
-		}
-		touched[nn] = true
-	}
-	for nn, updates := range pendingSlices {
-		if t.slices[nn] == nil {
-			t.slices[nn] = map[string]sliceEndpoints{}
-		}
-		for name, eps := range updates {
-			t.slices[nn][name] = eps
-		}
-		touched[nn] = true
-	}
-	for nn := range touched {
+	for nn, slices := range slicesOf {
 		var merged map[model.ServicePortName][]model.Endpoint
-		if len(t.slices[nn]) == 0 {
-			delete(t.slices, nn)
-		} else {
-			merged = mergeSlices(t.slices[nn])
+		if len(slices) > 0 {
+			merged = mergeSlices(slices)
 		}
 		if reflect.DeepEqual(t.endpoints[nn], merged) || (len(t.endpoints[nn]) == 0 && len(merged) == 0) {
 			continue
 		}
 		ch.Services[nn] = true
 		ch.UDPEndpointsChanged = ch.UDPEndpointsChanged || hasUDP(t.endpoints[nn]) || hasUDP(merged)
-		if merged == nil {
+		if len(merged) == 0 {
 			delete(t.endpoints, nn)
 		} else {
 			t.endpoints[nn] = merged
@@ -212,10 +229,10 @@ func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 // endpoint slices are never modified after conversion.
 func (t *Tracker) snapshot() *model.Snapshot {
 	snap := &model.Snapshot{
-		Services:  make(map[model.ServicePortName]*model.ServicePort, len(t.services)),
+		Services:  make(map[model.ServicePortName]*model.ServicePort, len(t.appliedServices)),
 		Endpoints: map[model.ServicePortName][]model.Endpoint{},
 	}
-	for _, ports := range t.services {
+	for _, ports := range t.appliedServices {
 		for _, p := range ports {
 			snap.Services[p.Name] = p
 		}

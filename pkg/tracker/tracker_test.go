@@ -345,3 +345,96 @@ func TestBadIPsAreNormalised(t *testing.T) {
 		}
 	}
 }
+
+// TestSliceFollowsServiceLabel moves a slice from one service to another by relabelling
+// it: its endpoints must leave the old service, and its deletion must remove them from
+// wherever they are.
+func TestSliceFollowsServiceLabel(t *testing.T) {
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+	tr.ServiceChanged(service("ns", "a", []string{"172.30.0.1"}, port("p", v1.ProtocolTCP, 80)), false)
+	tr.ServiceChanged(service("ns", "b", []string{"172.30.0.2"}, port("p", v1.ProtocolTCP, 80)), false)
+	mk := func(svc string) *discovery.EndpointSlice {
+		return slice("ns", "moving", svc, discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("p", 8080)}, ep{addr: "10.0.0.1", ready: true})
+	}
+	tr.EndpointSliceChanged(mk("a"), false)
+	snap, _ := tr.Checkpoint()
+	if got, want := describe(snap), "ns/a:p/TCP 172.30.0.1:80 -> 10.0.0.1:8080(ready)\nns/b:p/TCP 172.30.0.2:80 -> "; got != want {
+		t.Fatalf("before the move:\n%s\nwant:\n%s", got, want)
+	}
+
+	if !tr.EndpointSliceChanged(mk("b"), false) {
+		t.Error("relabelling a slice asked for no sync")
+	}
+	if svcs, eps := tr.Pending(); svcs != 0 || eps != 2 {
+		t.Errorf("pending %d services, %d endpoints; want 0, 2", svcs, eps)
+	}
+	snap, ch := tr.Checkpoint()
+	if got, want := describe(snap), "ns/a:p/TCP 172.30.0.1:80 -> \nns/b:p/TCP 172.30.0.2:80 -> 10.0.0.1:8080(ready)"; got != want {
+		t.Errorf("after the move:\n%s\nwant:\n%s", got, want)
+	}
+	if names(ch) != "ns/a,ns/b" {
+		t.Errorf("changed %q, want both services", names(ch))
+	}
+
+	// The deleted object may still carry the old label (a missed update): the slice is
+	// removed from where it is filed, whatever it says.
+	if !tr.EndpointSliceChanged(mk("a"), true) {
+		t.Error("deleting a slice asked for no sync")
+	}
+	snap, ch = tr.Checkpoint()
+	if got, want := describe(snap), "ns/a:p/TCP 172.30.0.1:80 -> \nns/b:p/TCP 172.30.0.2:80 -> "; got != want || names(ch) != "ns/b" {
+		t.Errorf("after the delete (changed %q):\n%s\nwant:\n%s", names(ch), got, want)
+	}
+
+	// Losing the label takes the endpoints away too.
+	tr.EndpointSliceChanged(mk("a"), false)
+	tr.Checkpoint()
+	tr.EndpointSliceChanged(mk(""), false)
+	if snap, ch := tr.Checkpoint(); len(snap.Endpoints) != 0 || names(ch) != "ns/a" {
+		t.Errorf("after the label was removed (changed %q): %s", names(ch), describe(snap))
+	}
+}
+
+// TestResyncIsNoChange re-delivers the objects the tracker already has, as an informer
+// resync does: no sync may be asked for. Real changes still ask for one.
+func TestResyncIsNoChange(t *testing.T) {
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+	mkSvc := func(p int32) *v1.Service {
+		return service("ns", "web", []string{"172.30.0.1"}, port("http", v1.ProtocolTCP, p))
+	}
+	mkSlice := func(addr string) *discovery.EndpointSlice {
+		return slice("ns", "web-1", "web", discovery.AddressTypeIPv4, []discovery.EndpointPort{slicePort("http", 8080)}, ep{addr: addr, ready: true})
+	}
+	steps := []struct {
+		what string
+		do   func() bool
+		want bool
+	}{
+		{"add service", func() bool { return tr.ServiceChanged(mkSvc(80), false) }, true},
+		{"add slice", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.1"), false) }, true},
+		{"resync service before a checkpoint", func() bool { return tr.ServiceChanged(mkSvc(80), false) }, false},
+		{"resync slice before a checkpoint", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.1"), false) }, false},
+		{"checkpoint", func() bool { tr.Checkpoint(); return false }, false},
+		{"resync service", func() bool { return tr.ServiceChanged(mkSvc(80), false) }, false},
+		{"resync slice", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.1"), false) }, false},
+		{"change service", func() bool { return tr.ServiceChanged(mkSvc(81), false) }, true},
+		{"change slice", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.2"), false) }, true},
+		{"delete unknown service", func() bool {
+			return tr.ServiceChanged(service("ns", "other", []string{"172.30.0.9"}, port("p", v1.ProtocolTCP, 80)), true)
+		}, false},
+		{"delete unknown slice", func() bool {
+			return tr.EndpointSliceChanged(slice("ns", "other-1", "other", discovery.AddressTypeIPv4, nil), true)
+		}, false},
+		{"delete service", func() bool { return tr.ServiceChanged(mkSvc(81), true) }, true},
+		{"delete slice", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.2"), true) }, true},
+		{"delete slice again", func() bool { return tr.EndpointSliceChanged(mkSlice("10.0.0.2"), true) }, false},
+	}
+	for _, s := range steps {
+		if got := s.do(); got != s.want {
+			t.Errorf("%s: asked for a sync: %t, want %t", s.what, got, s.want)
+		}
+	}
+	if _, ch := tr.Checkpoint(); names(ch) != "ns/web" {
+		t.Errorf("changed %q", names(ch))
+	}
+}

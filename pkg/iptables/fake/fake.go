@@ -51,6 +51,8 @@ type Fake struct {
 	failures []error
 	// lockHeld makes every command that takes the xtables lock fail as busy.
 	lockHeld bool
+	// rejectLine stands in for the kernel refusing a rule (see RejectLines).
+	rejectLine func(line string) bool
 }
 
 var _ iptables.Interface = (*Fake)(nil)
@@ -89,6 +91,16 @@ func (f *Fake) FailNextRestore(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failures = append(f.failures, err)
+}
+
+// RejectLines makes Restore fail on the first payload line for which reject
+// returns true, as the real binary fails on a rule the kernel refuses: the
+// tables committed before that line's table stay applied, and the error names
+// the line. nil accepts every line again.
+func (f *Fake) RejectLines(reject func(line string) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rejectLine = reject
 }
 
 // SetLockHeld sets whether another program holds the xtables lock. While it
@@ -146,6 +158,31 @@ func (f *Fake) Restore(ctx context.Context, payload []byte) error {
 	if err := f.busy(restoreCmd); err != nil {
 		return err
 	}
+	if f.rejectLine != nil {
+		return f.applyRejecting(payload)
+	}
+	if err := f.tables.Apply(payload); err != nil {
+		return restoreError(err)
+	}
+	return nil
+}
+
+// applyRejecting applies payload up to the table (COMMIT) that holds the first line
+// rejectLine refuses, and fails there. Callers hold f.mu.
+func (f *Fake) applyRejecting(payload []byte) error {
+	lines := strings.SplitAfter(string(payload), "\n")
+	tableStart := 0
+	for i, line := range lines {
+		if strings.HasPrefix(line, "*") {
+			tableStart = i
+		}
+		if f.rejectLine(strings.TrimSuffix(line, "\n")) {
+			if err := f.tables.Apply([]byte(strings.Join(lines[:tableStart], ""))); err != nil {
+				return restoreError(err)
+			}
+			return restoreError(&rulestest.LineError{Line: i + 1, Err: errors.New("rule rejected by the kernel")})
+		}
+	}
 	if err := f.tables.Apply(payload); err != nil {
 		return restoreError(err)
 	}
@@ -191,6 +228,30 @@ func (f *Fake) SaveChains(ctx context.Context, table string) ([]string, error) {
 		return chains[i] < chains[j]
 	})
 	return chains, nil
+}
+
+// Save implements iptables.Interface: the table in iptables-save form, chains
+// in SaveChains order.
+func (f *Fake) Save(ctx context.Context, table string) ([]byte, error) {
+	chains, err := f.SaveChains(ctx, table)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tb := f.tables[table]
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%s\n", table)
+	for _, c := range chains {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, c := range chains {
+		for _, r := range tb.Chains[c] {
+			fmt.Fprintf(&b, "-A %s %s\n", c, r)
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return []byte(b.String()), nil
 }
 
 // EnsureChain implements iptables.Interface.
