@@ -1,5 +1,5 @@
 # A thin menu over hack/*.sh; every target's logic lives in its script.
-.PHONY: all build test verify bench render demo e2e clean
+.PHONY: all build test verify bench render demo e2e diff clean
 
 all: build
 
@@ -23,6 +23,9 @@ demo:
 
 e2e:
 	hack/e2e.sh
+
+diff:
+	hack/diff.sh
 
 clean:
 	rm -rf bin

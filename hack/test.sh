@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test tier: static checks, unit tests (goldens, packet tracer, rule counts) and,
 # as root, the privileged tests that apply rules with the real iptables-restore in throwaway
-# network namespaces and send real traffic, the benchmark smoke, and the e2e tests against a
-# real kube-apiserver (hack/e2e.sh; its first run builds the control plane, about 15 minutes
-# on 2 cores, cached after). Not root: privileged and e2e tests skip with a message.
+# network namespaces and send real traffic, the benchmark smoke, the e2e tests against a
+# real kube-apiserver (hack/e2e.sh; its first run builds the control plane and upstream
+# kube-proxy, about 25 minutes on 2 cores, cached after) and a bounded differential run
+# against upstream kube-proxy (hack/diff.sh). Not root: privileged, e2e and differential
+# tests skip with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -20,6 +22,8 @@ go test -count=1 -p 1 "$@" ./...
 
 if [ "$(id -u)" -eq 0 ]; then
   hack/e2e.sh
+  # A bounded differential run against upstream kube-proxy; make diff runs 200 sequences.
+  KPROXY_DIFF_SEQUENCES=${KPROXY_DIFF_SEQUENCES:-6} hack/diff.sh
 else
-  echo "test: not root; skipping the e2e tests (hack/e2e.sh)" >&2
+  echo "test: not root; skipping the e2e and differential tests (hack/e2e.sh, hack/diff.sh)" >&2
 fi

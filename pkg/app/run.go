@@ -167,12 +167,7 @@ const nftMaxChainsPerBatch = 500
 func nodeSetup(ctx context.Context, cfg *config.Config) error {
 	logger := klog.FromContext(ctx)
 	sysctl := nodesetup.NewProcSysctl(nodesetup.HostRoot)
-	ct := nodesetup.Conntrack{
-		MaxPerCore: cfg.Conntrack.MaxPerCore, Min: cfg.Conntrack.Min,
-		TCPEstablishedTimeout: cfg.Conntrack.TCPEstablishedTimeout, TCPCloseWaitTimeout: cfg.Conntrack.TCPCloseWaitTimeout,
-		TCPBeLiberal: cfg.Conntrack.TCPBeLiberal, UDPTimeout: cfg.Conntrack.UDPTimeout, UDPStreamTimeout: cfg.Conntrack.UDPStreamTimeout,
-	}
-	err := nodesetup.ApplyConntrack(ctx, sysctl, nodesetup.HostRoot, ct, nodesetup.NumCPU(nodesetup.HostRoot))
+	err := nodesetup.ApplyConntrack(ctx, sysctl, nodesetup.HostRoot, cfg.Conntrack, nodesetup.NumCPU(nodesetup.HostRoot))
 	var readOnly *nodesetup.ReadOnlySysfsError
 	switch {
 	case errors.As(err, &readOnly):

@@ -162,18 +162,22 @@ type Config struct {
 	IPTablesBackend string
 }
 
-// ConntrackConfig holds the conntrack settings applied at startup. A zero
-// value means "leave the kernel's value alone" for every field.
+// ConntrackConfig holds the conntrack settings of KubeProxyConfiguration
+// (conntrack.*), applied at startup by nodesetup.ApplyConntrack. A zero field
+// leaves its kernel setting alone.
 type ConntrackConfig struct {
-	// MaxPerCore scales nf_conntrack_max with the CPU count; 0 leaves it.
+	// MaxPerCore scales nf_conntrack_max with the number of CPUs; 0 leaves
+	// nf_conntrack_max and the conntrack hash size alone.
 	MaxPerCore int32
-	// Min is the lower bound for the scaled nf_conntrack_max.
+	// Min is the lowest nf_conntrack_max to ask for, whatever MaxPerCore
+	// gives.
 	Min int32
 	// TCPEstablishedTimeout is nf_conntrack_tcp_timeout_established.
 	TCPEstablishedTimeout time.Duration
 	// TCPCloseWaitTimeout is nf_conntrack_tcp_timeout_close_wait.
 	TCPCloseWaitTimeout time.Duration
-	// TCPBeLiberal sets nf_conntrack_tcp_be_liberal=1 when true.
+	// TCPBeLiberal sets nf_conntrack_tcp_be_liberal to 1 when true; false
+	// leaves it alone (it is never set back to 0).
 	TCPBeLiberal bool
 	// UDPTimeout is nf_conntrack_udp_timeout.
 	UDPTimeout time.Duration

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/kproxy-dev/kproxy/pkg/config"
 )
 
 // Conntrack sysctls, relative to /proc/sys.
@@ -32,55 +34,34 @@ const (
 // of entries they will never use. An explicit Min above it is still honoured.
 const MaxConntrackMax = 1 << 20 // 1048576
 
-// Conntrack holds the conntrack settings of KubeProxyConfiguration
-// (conntrack.*). A zero field leaves its kernel setting alone.
-type Conntrack struct {
-	// MaxPerCore scales nf_conntrack_max with the number of CPUs; 0 leaves
-	// nf_conntrack_max and the hash size alone.
-	MaxPerCore int32
-	// Min is the lowest nf_conntrack_max to ask for, whatever MaxPerCore
-	// gives.
-	Min int32
-	// TCPEstablishedTimeout is nf_conntrack_tcp_timeout_established.
-	TCPEstablishedTimeout time.Duration
-	// TCPCloseWaitTimeout is nf_conntrack_tcp_timeout_close_wait.
-	TCPCloseWaitTimeout time.Duration
-	// TCPBeLiberal sets nf_conntrack_tcp_be_liberal to 1 when true; false
-	// leaves it alone (it is never set back to 0).
-	TCPBeLiberal bool
-	// UDPTimeout is nf_conntrack_udp_timeout.
-	UDPTimeout time.Duration
-	// UDPStreamTimeout is nf_conntrack_udp_timeout_stream.
-	UDPStreamTimeout time.Duration
-}
-
 // ConntrackMax returns the nf_conntrack_max to ask for on a node with numCPU
-// CPUs, or 0 when MaxPerCore is 0 (leave it alone): MaxPerCore × numCPU,
+// CPUs, or 0 when cfg.MaxPerCore is 0 (leave it alone): MaxPerCore × numCPU,
 // capped at MaxConntrackMax, and raised to Min when the uncapped product is
 // smaller.
-func (c Conntrack) ConntrackMax(numCPU int) int64 {
-	if c.MaxPerCore <= 0 {
+func ConntrackMax(cfg config.ConntrackConfig, numCPU int) int64 {
+	if cfg.MaxPerCore <= 0 {
 		return 0
 	}
 	// int64: 32 CPUs × a large int32 already overflows int32.
-	scaled := int64(c.MaxPerCore) * int64(numCPU)
+	scaled := int64(cfg.MaxPerCore) * int64(numCPU)
 	if scaled > MaxConntrackMax {
 		return MaxConntrackMax
 	}
-	return max(scaled, int64(c.Min))
+	return max(scaled, int64(cfg.Min))
 }
 
-// validate rejects values that KubeProxyConfiguration validation rejects, so
-// that a caller that skipped validation cannot write nonsense to the kernel.
-func (c Conntrack) validate(numCPU int) error {
+// validateConntrack rejects values that KubeProxyConfiguration validation
+// rejects, so that a caller that skipped validation cannot write nonsense to
+// the kernel.
+func validateConntrack(cfg config.ConntrackConfig, numCPU int) error {
 	var errs []error
-	if c.MaxPerCore < 0 {
-		errs = append(errs, fmt.Errorf("conntrack maxPerCore %d is negative", c.MaxPerCore))
+	if cfg.MaxPerCore < 0 {
+		errs = append(errs, fmt.Errorf("conntrack maxPerCore %d is negative", cfg.MaxPerCore))
 	}
-	if c.Min < 0 {
-		errs = append(errs, fmt.Errorf("conntrack min %d is negative", c.Min))
+	if cfg.Min < 0 {
+		errs = append(errs, fmt.Errorf("conntrack min %d is negative", cfg.Min))
 	}
-	if c.MaxPerCore > 0 && numCPU < 1 {
+	if cfg.MaxPerCore > 0 && numCPU < 1 {
 		errs = append(errs, fmt.Errorf("number of CPUs %d is not positive", numCPU))
 	}
 	return errors.Join(errs...)
@@ -111,7 +92,7 @@ func (e *ReadOnlySysfsError) Unwrap() error { return e.Err }
 // ApplyConntrack applies cfg to the kernel as kube-proxy does before it
 // creates its proxiers (also under --init-only), in this order:
 //
-//   - when MaxPerCore > 0: nf_conntrack_max is raised to cfg.ConntrackMax(numCPU)
+//   - when MaxPerCore > 0: nf_conntrack_max is raised to ConntrackMax(cfg, numCPU)
 //     if it is lower (never lowered), and the nf_conntrack module's hashsize
 //     parameter (root/sys/module/nf_conntrack/parameters/hashsize) is raised
 //     to a quarter of that if it is lower. The hash size is read first
@@ -126,15 +107,15 @@ func (e *ReadOnlySysfsError) Unwrap() error { return e.Err }
 // as fatal, an unreadable hashsize file included. The exception is a
 // read-only /sys, which is returned as a *ReadOnlySysfsError only after the
 // remaining settings have been applied.
-func ApplyConntrack(ctx context.Context, s Sysctl, root string, cfg Conntrack, numCPU int) error {
+func ApplyConntrack(ctx context.Context, s Sysctl, root string, cfg config.ConntrackConfig, numCPU int) error {
 	logger := klog.FromContext(ctx)
-	if err := cfg.validate(numCPU); err != nil {
+	if err := validateConntrack(cfg, numCPU); err != nil {
 		return fmt.Errorf("invalid conntrack settings: %w", err)
 	}
 
 	var readOnly error
-	if want := cfg.ConntrackMax(numCPU); want > 0 {
-		if err := raiseSysctl(ctx, s, sysctlConntrackMax, want); err != nil {
+	if want := ConntrackMax(cfg, numCPU); want > 0 {
+		if err := setSysctl(ctx, s, sysctlConntrackMax, want, raiseOnly); err != nil {
 			return err
 		}
 		if err := raiseHashsize(ctx, filepath.Join(root, conntrackHashsizeRelativePath), want/4); err != nil {
@@ -149,78 +130,64 @@ func ApplyConntrack(ctx context.Context, s Sysctl, root string, cfg Conntrack, n
 		logger.V(2).Info("Leaving nf_conntrack_max alone", "maxPerCore", cfg.MaxPerCore)
 	}
 
-	for _, t := range []struct {
-		name    string
-		timeout time.Duration
+	// In upstream's order. A value below 1 leaves the sysctl alone: a timeout
+	// under a second (the kernel's resolution; 0 would make every entry expire
+	// at once), or TCPBeLiberal false (be_liberal is never set back to 0).
+	for _, setting := range []struct {
+		name  string
+		value int64
 	}{
-		{sysctlTCPEstablishedTimeout, cfg.TCPEstablishedTimeout},
-		{sysctlTCPCloseWaitTimeout, cfg.TCPCloseWaitTimeout},
+		{sysctlTCPEstablishedTimeout, wholeSeconds(cfg.TCPEstablishedTimeout)},
+		{sysctlTCPCloseWaitTimeout, wholeSeconds(cfg.TCPCloseWaitTimeout)},
+		{sysctlTCPBeLiberal, boolToInt(cfg.TCPBeLiberal)},
+		{sysctlUDPTimeout, wholeSeconds(cfg.UDPTimeout)},
+		{sysctlUDPStreamTimeout, wholeSeconds(cfg.UDPStreamTimeout)},
 	} {
-		if err := setTimeout(ctx, s, t.name, t.timeout); err != nil {
-			return err
+		if setting.value <= 0 {
+			continue
 		}
-	}
-	if cfg.TCPBeLiberal {
-		if err := setSysctl(ctx, s, sysctlTCPBeLiberal, 1); err != nil {
-			return err
-		}
-	}
-	for _, t := range []struct {
-		name    string
-		timeout time.Duration
-	}{
-		{sysctlUDPTimeout, cfg.UDPTimeout},
-		{sysctlUDPStreamTimeout, cfg.UDPStreamTimeout},
-	} {
-		if err := setTimeout(ctx, s, t.name, t.timeout); err != nil {
+		if err := setSysctl(ctx, s, setting.name, setting.value, setExactly); err != nil {
 			return err
 		}
 	}
 	return readOnly
 }
 
-// setTimeout writes timeout, in whole seconds, to the sysctl name unless it
-// is under a second (which leaves the sysctl alone, as 0 does: the kernel's
-// timeouts have a resolution of a second and 0 would make every entry
-// expire at once).
-func setTimeout(ctx context.Context, s Sysctl, name string, timeout time.Duration) error {
-	secs := int64(timeout / time.Second)
-	if secs <= 0 {
-		return nil
+// wholeSeconds is timeout in whole seconds, rounded down.
+func wholeSeconds(timeout time.Duration) int64 { return int64(timeout / time.Second) }
+
+// boolToInt is the integer sysctl value of b.
+func boolToInt(b bool) int64 {
+	if b {
+		return 1
 	}
-	return setSysctl(ctx, s, name, secs)
+	return 0
 }
 
-// setSysctl writes value to the sysctl name unless it already holds it. A
-// value that cannot be read or parsed is written over.
-func setSysctl(ctx context.Context, s Sysctl, name string, value int64) error {
-	logger := klog.FromContext(ctx)
-	cur, err := getInt(s, name)
-	if err == nil && cur == value {
-		logger.V(4).Info("Sysctl already set", "entry", name, "value", value)
-		return nil
-	}
-	if err != nil {
-		logger.V(2).Info("Could not read sysctl; writing it anyway", "entry", name, "err", err)
-	}
-	if err := s.Set(name, strconv.FormatInt(value, 10)); err != nil {
-		return err
-	}
-	logger.Info("Set sysctl", "entry", name, "value", value, "previous", cur)
-	return nil
-}
+// sysctlUpdate says which current values of a sysctl need no write.
+type sysctlUpdate int
 
-// raiseSysctl writes value to the sysctl name if it holds less. A value that
-// cannot be read or parsed is written over.
-func raiseSysctl(ctx context.Context, s Sysctl, name string, value int64) error {
+const (
+	// setExactly writes unless the sysctl holds exactly the wanted value.
+	setExactly sysctlUpdate = iota
+	// raiseOnly writes only if the sysctl holds less than the wanted value:
+	// like kube-proxy, a limit an administrator raised is never lowered.
+	raiseOnly
+)
+
+// setSysctl writes value to the sysctl name unless its current value needs
+// no write under update. A value that cannot be read or parsed is written
+// over. Skipping the write lets a node whose settings are already right run
+// without write access to /proc/sys.
+func setSysctl(ctx context.Context, s Sysctl, name string, value int64, update sysctlUpdate) error {
 	logger := klog.FromContext(ctx)
 	cur, err := getInt(s, name)
-	if err == nil && cur >= value {
-		logger.V(2).Info("Sysctl already at least as large; leaving it", "entry", name, "value", cur, "wanted", value)
-		return nil
-	}
-	if err != nil {
+	switch {
+	case err != nil:
 		logger.V(2).Info("Could not read sysctl; writing it anyway", "entry", name, "err", err)
+	case cur == value || update == raiseOnly && cur > value:
+		logger.V(2).Info("Sysctl needs no change; leaving it", "entry", name, "value", cur, "wanted", value)
+		return nil
 	}
 	if err := s.Set(name, strconv.FormatInt(value, 10)); err != nil {
 		return err

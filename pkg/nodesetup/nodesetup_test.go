@@ -13,6 +13,8 @@ import (
 
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
+
+	"github.com/kproxy-dev/kproxy/pkg/config"
 )
 
 // The tests lay out a root directory like / with the files under /proc and
@@ -47,7 +49,7 @@ var kernelDefaults = map[string]string{
 }
 
 // kubeProxyDefaults is KubeProxyConfiguration's default conntrack section.
-var kubeProxyDefaults = Conntrack{
+var kubeProxyDefaults = config.ConntrackConfig{
 	MaxPerCore:            32768,
 	Min:                   131072,
 	TCPEstablishedTimeout: 24 * time.Hour,
@@ -152,8 +154,8 @@ func TestConntrackMax(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := Conntrack{MaxPerCore: tc.maxPerCore, Min: tc.min}
-			if got := c.ConntrackMax(tc.cpus); got != tc.want {
+			c := config.ConntrackConfig{MaxPerCore: tc.maxPerCore, Min: tc.min}
+			if got := ConntrackMax(c, tc.cpus); got != tc.want {
 				t.Errorf("ConntrackMax(%d) with maxPerCore %d, min %d = %d, want %d", tc.cpus, tc.maxPerCore, tc.min, got, tc.want)
 			}
 		})
@@ -164,7 +166,7 @@ func TestApplyConntrack(t *testing.T) {
 	tests := []struct {
 		name  string
 		files map[string]string // changes to kernelDefaults
-		cfg   Conntrack
+		cfg   config.ConntrackConfig
 		cpus  int
 		want  map[string]string // changes to the starting files
 	}{
@@ -192,35 +194,35 @@ func TestApplyConntrack(t *testing.T) {
 		},
 		{
 			name: "capped max on 64 CPUs",
-			cfg:  Conntrack{MaxPerCore: 32768, Min: 131072},
+			cfg:  config.ConntrackConfig{MaxPerCore: 32768, Min: 131072},
 			cpus: 64,
 			want: map[string]string{maxPath: "1048576", hashsizePath: "262144"},
 		},
 		{
 			name:  "a larger max is never lowered, hash size still raised",
 			files: map[string]string{maxPath: "2000000\n"},
-			cfg:   Conntrack{MaxPerCore: 32768, Min: 131072},
+			cfg:   config.ConntrackConfig{MaxPerCore: 32768, Min: 131072},
 			cpus:  4,
 			want:  map[string]string{hashsizePath: "32768"},
 		},
 		{
 			name:  "an equal max is left alone",
 			files: map[string]string{maxPath: "131072\n"},
-			cfg:   Conntrack{MaxPerCore: 32768, Min: 131072},
+			cfg:   config.ConntrackConfig{MaxPerCore: 32768, Min: 131072},
 			cpus:  4,
 			want:  map[string]string{hashsizePath: "32768"},
 		},
 		{
 			name:  "a large enough hash size is left alone",
 			files: map[string]string{hashsizePath: "32768\n"},
-			cfg:   Conntrack{MaxPerCore: 32768, Min: 131072},
+			cfg:   config.ConntrackConfig{MaxPerCore: 32768, Min: 131072},
 			cpus:  4,
 			want:  map[string]string{maxPath: "131072"},
 		},
 		{
 			name:  "an unreadable max is written over",
 			files: map[string]string{maxPath: "garbage\n"},
-			cfg:   Conntrack{MaxPerCore: 32768, Min: 131072},
+			cfg:   config.ConntrackConfig{MaxPerCore: 32768, Min: 131072},
 			cpus:  4,
 			want:  map[string]string{maxPath: "131072", hashsizePath: "32768"},
 		},
@@ -229,42 +231,42 @@ func TestApplyConntrack(t *testing.T) {
 			// may be read or written when MaxPerCore is 0.
 			name:  "maxPerCore 0 leaves max and hash size alone",
 			files: map[string]string{hashsizePath: ""},
-			cfg:   Conntrack{MaxPerCore: 0, Min: 131072},
+			cfg:   config.ConntrackConfig{MaxPerCore: 0, Min: 131072},
 			cpus:  4,
 		},
 		{
 			name:  "equal timeouts are not rewritten",
 			files: map[string]string{establishedPath: "86400\n", closeWaitPath: "3600\n"},
-			cfg:   Conntrack{TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour},
+			cfg:   config.ConntrackConfig{TCPEstablishedTimeout: 24 * time.Hour, TCPCloseWaitTimeout: time.Hour},
 		},
 		{
 			name: "zero and sub-second timeouts leave the sysctls alone",
-			cfg:  Conntrack{TCPEstablishedTimeout: 0, TCPCloseWaitTimeout: 500 * time.Millisecond, UDPTimeout: -time.Second},
+			cfg:  config.ConntrackConfig{TCPEstablishedTimeout: 0, TCPCloseWaitTimeout: 500 * time.Millisecond, UDPTimeout: -time.Second},
 		},
 		{
 			name: "timeouts are written in whole seconds",
-			cfg:  Conntrack{TCPCloseWaitTimeout: 90*time.Second + 900*time.Millisecond},
+			cfg:  config.ConntrackConfig{TCPCloseWaitTimeout: 90*time.Second + 900*time.Millisecond},
 			want: map[string]string{closeWaitPath: "90"},
 		},
 		{
 			name: "UDP timeouts",
-			cfg:  Conntrack{UDPTimeout: time.Minute, UDPStreamTimeout: 3 * time.Minute},
+			cfg:  config.ConntrackConfig{UDPTimeout: time.Minute, UDPStreamTimeout: 3 * time.Minute},
 			want: map[string]string{udpPath: "60", udpStreamPath: "180"},
 		},
 		{
 			name: "be_liberal is set",
-			cfg:  Conntrack{TCPBeLiberal: true},
+			cfg:  config.ConntrackConfig{TCPBeLiberal: true},
 			want: map[string]string{beLiberalPath: "1"},
 		},
 		{
 			name:  "be_liberal already set is left alone",
 			files: map[string]string{beLiberalPath: "1\n"},
-			cfg:   Conntrack{TCPBeLiberal: true},
+			cfg:   config.ConntrackConfig{TCPBeLiberal: true},
 		},
 		{
 			name:  "be_liberal false never resets it",
 			files: map[string]string{beLiberalPath: "1\n"},
-			cfg:   Conntrack{TCPBeLiberal: false},
+			cfg:   config.ConntrackConfig{TCPBeLiberal: false},
 		},
 	}
 	for _, tc := range tests {
@@ -283,7 +285,7 @@ func TestApplyConntrackErrors(t *testing.T) {
 	tests := []struct {
 		name  string
 		files map[string]string // changes to kernelDefaults
-		cfg   Conntrack
+		cfg   config.ConntrackConfig
 		cpus  int
 		want  string
 	}{
@@ -311,18 +313,18 @@ func TestApplyConntrackErrors(t *testing.T) {
 		{
 			name:  "missing timeout sysctl",
 			files: map[string]string{udpPath: ""},
-			cfg:   Conntrack{UDPTimeout: time.Minute},
+			cfg:   config.ConntrackConfig{UDPTimeout: time.Minute},
 			want:  "setting sysctl net/netfilter/nf_conntrack_udp_timeout",
 		},
 		{
 			name: "negative maxPerCore",
-			cfg:  Conntrack{MaxPerCore: -1},
+			cfg:  config.ConntrackConfig{MaxPerCore: -1},
 			cpus: 4,
 			want: "maxPerCore -1 is negative",
 		},
 		{
 			name: "negative min",
-			cfg:  Conntrack{Min: -1},
+			cfg:  config.ConntrackConfig{Min: -1},
 			want: "min -1 is negative",
 		},
 		{

@@ -133,6 +133,10 @@ func TestDriftForcesFullSync(t *testing.T) {
 			c := tb["filter"].Chains
 			c[rules.ChainExternalServices] = append(c[rules.ChainExternalServices], rulestest.Rule{"-j", "ACCEPT"})
 		},
+		"foreign rule in filter KUBE-FORWARD": func(tb rulestest.Tables) {
+			c := tb["filter"].Chains
+			c[rules.ChainForward] = append([]rulestest.Rule{{"-j", "ACCEPT"}}, c[rules.ChainForward]...)
+		},
 		"service chain flushed": func(tb rulestest.Tables) {
 			for c := range tb["nat"].Chains {
 				if strings.HasPrefix(c, "KUBE-SEP-") {

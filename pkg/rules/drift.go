@@ -14,8 +14,9 @@ import (
 // Drift compares one table as the kernel holds it (iptables-save output) with what the
 // rules of this state put there, and describes the differences; none means the kernel
 // holds what kproxy last wrote, as far as partial syncs rely on it. It checks:
-//   - the number of rules in each shared dispatch chain (a rule another program inserted
-//     stays there until the chain is rewritten, which only a full sync does);
+//   - the number of rules in each shared dispatch chain and each fixed chain (a rule
+//     another program inserted stays there until the chain is rewritten, which only a
+//     full sync does);
 //   - that every per-service chain in use exists (nat), and the number of rules in them
 //     all (a deleted or flushed KUBE-SVC chain is never rewritten by a partial sync that
 //     does not change its service).
@@ -24,7 +25,19 @@ import (
 func (s *State) Drift(table string, save []byte) []string {
 	rulesIn, exists := parseSave(save)
 	var out []string
+	// The fixed chains too: upstream rewrites them on every sync, kproxy only on full ones.
+	fixed := &renderer{opts: s.opts}
 	want := map[string]int{}
+	switch table {
+	case "filter":
+		want[ChainForward] = fixed.fixedFilterRules()
+		if fixed.localhostNodePorts() {
+			want[ChainForward]--
+			want[ChainFirewall] = 1
+		}
+	case "nat":
+		want[ChainPostrouting], want[ChainMarkMasq] = fixedNATRules-1, 1
+	}
 	for k := range numShared {
 		if sharedChains[k].table != table {
 			continue

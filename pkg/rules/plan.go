@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"slices"
 )
 
 // planner assembles a render's batches from the rendered pieces.
@@ -24,144 +25,190 @@ type renderedPort struct {
 	start, end bufferMark
 }
 
+// declaredChains is the number of own chains the port declares.
+func (rp renderedPort) declaredChains() int { return rp.end.nChains - rp.start.nChains }
+
 // batches returns the iptables-restore inputs and the number of nat rules they write.
-//
-// With one batch, everything is one atomic commit per table. When a batch would declare
-// more than maxChains chains, the sync is split, in an order that keeps every service
-// whole at every step: first the services' own chains, a group of services per batch
-// (their dispatch rules still point at chains that are complete, old or new); then one
-// batch for the shared dispatch chains and the filter table, which switches to the new
-// chains; then the deletion of stale chains, which nothing refers to any more.
+// A sync is one batch unless it would declare more than maxChains chains; then
+// splitBatches cuts it into steps that each leave every service port whole.
 func (p *planner) batches() ([][]byte, int) {
-	ownChains := 0
-	for _, rp := range p.rendered {
-		ownChains += rp.end.nChains - rp.start.nChains
-	}
-	single := p.maxChains <= 0 || ownChains+len(p.stale) <= p.maxChains
-
 	filter, natShared, written := p.sharedRules()
-	var out [][]byte
-	if single {
-		var b bytes.Buffer
-		b.Grow(len(filter) + len(natShared) + len(p.r.own.chains) + len(p.r.own.rules) + 64*len(p.stale) + 1024)
-		if len(filter) > 0 {
-			b.WriteString("*filter\n")
-			b.Write(filter)
-			b.WriteString("COMMIT\n")
-		}
-		natHead := p.natHead()
-		if len(natHead.chains)+len(natShared) > 0 || len(p.rendered) > 0 || len(p.stale) > 0 {
-			b.WriteString("*nat\n")
-			b.Write(natHead.chains)
-			for _, rp := range p.rendered {
-				b.Write(p.r.own.chains[rp.start.chains:rp.end.chains])
-			}
-			for _, c := range p.stale {
-				b.Write(appendChain(nil, c))
-			}
-			b.Write(natHead.rules)
-			b.Write(natShared)
-			for _, rp := range p.rendered {
-				b.Write(p.r.own.rules[rp.start.rules:rp.end.rules])
-			}
-			for _, c := range p.stale {
-				b.WriteString("-X " + c + "\n")
-			}
-			b.WriteString("COMMIT\n")
-		}
-		if b.Len() > 0 {
-			out = append(out, b.Bytes())
-		}
-		return out, written + p.ownRules()
+	written += p.ownRules()
+	if p.fitsOneBatch() {
+		return p.singleBatch(filter, natShared), written
 	}
+	return p.splitBatches(filter, natShared), written
+}
 
-	// Own chains first, whole services per batch. The first one also creates the fixed
-	// chains they jump to (KUBE-MARK-MASQ) on a node that has none yet.
-	natHead := p.natHead()
+// fitsOneBatch reports whether the sync may be one batch: no limit is set, or the chains
+// it declares (own and stale) are within it.
+func (p *planner) fitsOneBatch() bool {
+	if p.maxChains <= 0 {
+		return true
+	}
+	declared := len(p.stale)
+	for _, rp := range p.rendered {
+		declared += rp.declaredChains()
+	}
+	return declared <= p.maxChains
+}
+
+// singleBatch writes the whole sync as one input with one atomic commit per table, so no
+// intermediate state is ever visible. Within the nat commit every chain is declared
+// before any rule refers to it, and the stale chains are flushed by their declaration
+// and deleted (-X) last, after the rules that jumped to them were rewritten or deleted.
+// It returns no input when there is nothing to write (an incremental sync without
+// changes).
+func (p *planner) singleBatch(filter, natShared []byte) [][]byte {
 	var b bytes.Buffer
-	declared := 0
-	flush := func() {
-		if b.Len() == 0 {
-			return
+	b.Grow(len(filter) + len(natShared) + len(p.r.own.chains) + len(p.r.own.rules) + 64*len(p.stale) + 1024)
+	if len(filter) > 0 {
+		b.WriteString("*filter\n")
+		b.Write(filter)
+		b.WriteString("COMMIT\n")
+	}
+	natHead := p.natHead()
+	if len(natHead.chains)+len(natShared) > 0 || len(p.rendered) > 0 || len(p.stale) > 0 {
+		b.WriteString("*nat\n")
+		b.Write(natHead.chains)
+		for _, rp := range p.rendered {
+			b.Write(p.r.own.chains[rp.start.chains:rp.end.chains])
+		}
+		for _, c := range p.stale {
+			b.Write(appendChain(nil, c))
+		}
+		b.Write(natHead.rules)
+		b.Write(natShared)
+		for _, rp := range p.rendered {
+			b.Write(p.r.own.rules[rp.start.rules:rp.end.rules])
+		}
+		for _, c := range p.stale {
+			b.WriteString("-X " + c + "\n")
 		}
 		b.WriteString("COMMIT\n")
-		out = append(out, append([]byte("*nat\n"), b.Bytes()...))
-		b.Reset()
-		declared = 0
 	}
-	var rules bytes.Buffer
-	start := 0
+	if b.Len() == 0 {
+		return nil
+	}
+	return [][]byte{b.Bytes()}
+}
+
+// splitBatches writes a sync too large for one batch in three steps, each a commit that
+// leaves every service port whole: the ports' own chains are written first, while the
+// dispatch rules still jump to complete chains, old or new (ownChainBatches); one batch
+// then switches the dispatch chains and the filter table over to the new chains
+// (switchBatch); the chains nothing jumps to any more are deleted last
+// (staleChainBatches).
+func (p *planner) splitBatches(filter, natShared []byte) [][]byte {
+	natHead := p.natHead()
+	out := p.ownChainBatches(natHead)
+	if sw := p.switchBatch(filter, natShared, natHead, len(out) > 0); len(sw) > 0 {
+		out = append(out, sw)
+	}
+	return append(out, p.staleChainBatches()...)
+}
+
+// ownChainBatches writes the rendered ports' own chains, one nat batch per group of
+// serviceGroups. The batches never declare KUBE-SERVICES or KUBE-NODEPORTS: declaring a
+// chain flushes it, which would take every service's dispatch away until switchBatch.
+// On a full sync the first batch also creates the other fixed chains (KUBE-POSTROUTING,
+// KUBE-MARK-MASQ) with their rules, because the own chains jump to KUBE-MARK-MASQ and a
+// node may have none yet; natHead's rules go only into those two chains.
+func (p *planner) ownChainBatches(natHead lineBuffer) [][]byte {
+	var out [][]byte
+	for i, group := range p.serviceGroups() {
+		withFixedChains := i == 0 && !p.partial
+		b := []byte("*nat\n")
+		if withFixedChains {
+			b = appendChain(appendChain(b, ChainPostrouting), ChainMarkMasq)
+		}
+		for _, rp := range group {
+			b = append(b, p.r.own.chains[rp.start.chains:rp.end.chains]...)
+		}
+		if withFixedChains {
+			b = append(b, natHead.rules...)
+		}
+		for _, rp := range group {
+			b = append(b, p.r.own.rules[rp.start.rules:rp.end.rules]...)
+		}
+		if len(b) == len("*nat\n") {
+			// Only a last group of ports without own chains (no endpoints) gets here.
+			continue
+		}
+		out = append(out, append(b, "COMMIT\n"...))
+	}
+	return out
+}
+
+// serviceGroups cuts the rendered ports, in order, into groups that declare at most
+// maxChains chains each, never cutting through a port: a port that alone declares more
+// is a group of its own. Every group but the last declares at least one chain.
+func (p *planner) serviceGroups() [][]renderedPort {
+	var groups [][]renderedPort
+	start, declared := 0, 0
 	for i, rp := range p.rendered {
-		n := rp.end.nChains - rp.start.nChains
+		n := rp.declaredChains()
 		if declared > 0 && declared+n > p.maxChains {
-			p.writeOwn(&b, &rules, p.rendered[start:i], len(out) == 0, natHead)
-			flush()
-			start = i
+			groups = append(groups, p.rendered[start:i])
+			start, declared = i, 0
 		}
 		declared += n
 	}
 	if start < len(p.rendered) {
-		p.writeOwn(&b, &rules, p.rendered[start:], len(out) == 0, natHead)
-		flush()
+		groups = append(groups, p.rendered[start:])
 	}
-
-	// Then the switch: shared chains and the filter table.
-	var sw bytes.Buffer
-	if len(filter) > 0 {
-		sw.WriteString("*filter\n")
-		sw.Write(filter)
-		sw.WriteString("COMMIT\n")
-	}
-	// A full sync always flushes the nat dispatch chains, even when it writes no rule into
-	// them (no services, node ports on no local address): they may still jump to the
-	// stale chains deleted below, and a chain that is jumped to cannot be deleted.
-	if len(natShared) > 0 || !p.partial {
-		sw.WriteString("*nat\n")
-		switch {
-		case !p.partial && len(out) == 0:
-			// No own-chain batch carried the fixed chains: they all come here.
-			sw.Write(natHead.chains)
-			sw.Write(natHead.rules)
-		case !p.partial:
-			sw.Write(appendChain(appendChain(nil, ChainServices), ChainNodePorts))
-		}
-		sw.Write(natShared)
-		sw.WriteString("COMMIT\n")
-	}
-	if sw.Len() > 0 {
-		out = append(out, sw.Bytes())
-	}
-
-	// Last, stale chains, referrers before the chains they jump to.
-	for i := 0; i < len(p.stale); i += max(p.maxChains, 1) {
-		chunk := p.stale[i:min(i+max(p.maxChains, 1), len(p.stale))]
-		var d bytes.Buffer
-		d.WriteString("*nat\n")
-		for _, c := range chunk {
-			d.Write(appendChain(nil, c))
-		}
-		for _, c := range chunk {
-			d.WriteString("-X " + c + "\n")
-		}
-		d.WriteString("COMMIT\n")
-		out = append(out, d.Bytes())
-	}
-	return out, written + p.ownRules()
+	return groups
 }
 
-// writeOwn writes a group of services' own chains into b; the first batch of a full sync
-// also carries the fixed chains other than the dispatch ones.
-func (p *planner) writeOwn(b, rules *bytes.Buffer, group []renderedPort, first bool, head lineBuffer) {
-	rules.Reset()
-	if first && !p.partial {
-		b.Write(appendChain(appendChain(nil, ChainPostrouting), ChainMarkMasq))
-		rules.Write(head.rules)
+// switchBatch writes the filter table and the nat dispatch rules in one batch, which
+// switches every changed service port to its new chains at once. ownBatchesWritten
+// reports whether ownChainBatches wrote any batch: on a full sync its first one created
+// KUBE-POSTROUTING and KUBE-MARK-MASQ, otherwise all fixed chains are created here.
+//
+// A full sync always declares (and so flushes) the nat dispatch chains KUBE-SERVICES
+// and KUBE-NODEPORTS here, even when it writes no rule into them (no services, node
+// ports on no local address): they may still jump to the stale chains that
+// staleChainBatches deletes next, and a chain that is jumped to cannot be deleted.
+func (p *planner) switchBatch(filter, natShared []byte, natHead lineBuffer, ownBatchesWritten bool) []byte {
+	var b bytes.Buffer
+	if len(filter) > 0 {
+		b.WriteString("*filter\n")
+		b.Write(filter)
+		b.WriteString("COMMIT\n")
 	}
-	for _, rp := range group {
-		b.Write(p.r.own.chains[rp.start.chains:rp.end.chains])
-		rules.Write(p.r.own.rules[rp.start.rules:rp.end.rules])
+	if len(natShared) > 0 || !p.partial {
+		b.WriteString("*nat\n")
+		switch {
+		case !p.partial && !ownBatchesWritten:
+			b.Write(natHead.chains)
+			b.Write(natHead.rules)
+		case !p.partial:
+			b.Write(appendChain(appendChain(nil, ChainServices), ChainNodePorts))
+		}
+		b.Write(natShared)
+		b.WriteString("COMMIT\n")
 	}
-	b.Write(rules.Bytes())
+	return b.Bytes()
+}
+
+// staleChainBatches deletes the stale chains, at most maxChains per batch (maxChains > 0:
+// without a limit the sync is one batch). Each batch flushes its chains, by declaring
+// them, before deleting them. p.stale lists referrers before the chains they jump to
+// (staleChains), so a chain is deleted only once every stale chain that could jump to it
+// is gone; the switch batch already removed the dispatch rules that jumped to them.
+func (p *planner) staleChainBatches() [][]byte {
+	var out [][]byte
+	for chunk := range slices.Chunk(p.stale, p.maxChains) {
+		b := []byte("*nat\n")
+		for _, c := range chunk {
+			b = appendChain(b, c)
+		}
+		for _, c := range chunk {
+			b = append(b, "-X "+c+"\n"...)
+		}
+		out = append(out, append(b, "COMMIT\n"...))
+	}
+	return out
 }
 
 // natHead is the fixed nat part of a full sync: declarations of the fixed chains and the

@@ -8,7 +8,8 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 )
 
-// portRules holds what writeServicePort derives once for a service port.
+// portRules holds what writeServicePort derives once for a service port: its names and
+// chains, its endpoints, and where its traffic goes under its traffic policies.
 type portRules struct {
 	svc   *model.ServicePort
 	name  string // "ns/name:port"
@@ -16,163 +17,216 @@ type portRules struct {
 	port  string
 	// Chains: cluster policy, local policy, external entry, load balancer firewall.
 	svcChain, svlChain, extChain, fwChain string
+
+	// endpoints are the port's endpoints as each traffic policy selects them.
+	endpoints model.Categorized
+	// hasEndpoints reports whether some endpoint, on any node, serves the port.
+	hasEndpoints bool
+	// internalChain is where cluster IP traffic goes (KUBE-SVC-*, or KUBE-SVL-* under a
+	// Local internal policy); hasInternal is false when that policy has no endpoint.
+	internalChain string
+	hasInternal   bool
+	// externalChain and hasExternal are the same for traffic from outside the cluster
+	// (external policy), once it has passed KUBE-EXT-*.
+	externalChain string
+	hasExternal   bool
+	// usesFWChain: load balancer IP traffic is filtered by source range in KUBE-FW-*
+	// before it reaches KUBE-EXT-*; lbChain is where it enters (KUBE-FW-* or KUBE-EXT-*).
+	usesFWChain bool
+	lbChain     string
+	// The filter verdict and comment for internal and external traffic that has nowhere
+	// to go; set only when !hasInternal or !hasExternal respectively.
+	internalTarget, internalComment string
+	externalTarget, externalComment string
 }
 
-// writeServicePort writes everything one service port needs (behaviour spec §1.4-1.5):
-// dispatch from KUBE-SERVICES and KUBE-NODEPORTS, the filter rules for traffic that has no
-// endpoint to go to, and the service's own SVC/SVL/EXT/FW/SEP chains.
-func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint) {
+// newPortRules derives svc's portRules, its endpoints eps selected as node sees them.
+func newPortRules(svc *model.ServicePort, eps []model.Endpoint, node model.Node) portRules {
 	hash := portHash(svc.Name)
-	r.epKeys, r.epPorts, r.epNames = r.epKeys[:0], r.epPorts[:0], r.epNames[:0]
 	p := portRules{
-		svc:      svc,
-		name:     svc.Name.String(),
-		proto:    strings.ToLower(string(svc.Name.Protocol)),
-		port:     strconv.Itoa(int(svc.Port)),
-		svcChain: prefixService + hash,
-		svlChain: prefixServiceLocal + hash,
-		extChain: prefixExternal + hash,
-		fwChain:  prefixFirewall + hash,
+		svc:       svc,
+		name:      svc.Name.String(),
+		proto:     strings.ToLower(string(svc.Name.Protocol)),
+		port:      strconv.Itoa(int(svc.Port)),
+		svcChain:  prefixService + hash,
+		svlChain:  prefixServiceLocal + hash,
+		extChain:  prefixExternal + hash,
+		fwChain:   prefixFirewall + hash,
+		endpoints: model.CategorizeEndpoints(eps, svc, node),
 	}
-	cat := model.CategorizeEndpoints(eps, svc, r.node)
-	hasEndpoints := cat.HasAny
-	usesClusterChain := len(cat.Cluster) > 0 && svc.UsesClusterEndpoints()
-	usesLocalChain := len(cat.Local) > 0 && svc.UsesLocalEndpoints()
+	p.hasEndpoints = p.endpoints.HasAny
 
-	internalChain, hasInternal := p.svcChain, hasEndpoints
+	p.internalChain, p.hasInternal = p.svcChain, p.hasEndpoints
 	if svc.InternalPolicyLocal {
-		internalChain = p.svlChain
-		hasInternal = hasInternal && len(cat.Local) > 0
+		p.internalChain = p.svlChain
+		p.hasInternal = p.hasInternal && len(p.endpoints.Local) > 0
 	}
-	externalChain, hasExternal := p.svcChain, hasEndpoints
+	p.externalChain, p.hasExternal = p.svcChain, p.hasEndpoints
 	if svc.ExternalPolicyLocal {
-		externalChain = p.svlChain
-		hasExternal = hasExternal && len(cat.Local) > 0
+		p.externalChain = p.svlChain
+		p.hasExternal = p.hasExternal && len(p.endpoints.Local) > 0
 	}
-	usesExtChain := hasEndpoints && svc.ExternallyAccessible()
-	usesFWChain := hasEndpoints && len(svc.LoadBalancerVIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
-	lbChain := p.extChain
-	if usesFWChain {
-		lbChain = p.fwChain
+	p.usesFWChain = p.hasEndpoints && len(svc.LoadBalancerVIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
+	p.lbChain = p.extChain
+	if p.usesFWChain {
+		p.lbChain = p.fwChain
 	}
 
 	// Traffic with nowhere to go: REJECT when the service has no endpoint at all (clients
 	// learn at once), DROP when only the Local policy has none here (another node may
 	// have one, and the client or load balancer should retry elsewhere).
-	internalTarget, internalComment := "", ""
-	externalTarget, externalComment := "", ""
 	switch {
-	case !hasEndpoints:
-		internalTarget, internalComment = "REJECT", p.name+" has no endpoints"
-		externalTarget, externalComment = internalTarget, internalComment
+	case !p.hasEndpoints:
+		p.internalTarget, p.internalComment = "REJECT", p.name+" has no endpoints"
+		p.externalTarget, p.externalComment = p.internalTarget, p.internalComment
 	default:
-		if !hasInternal {
-			internalTarget, internalComment = "DROP", p.name+" has no local endpoints"
-			r.rec.noLocalInternal = true
+		if !p.hasInternal {
+			p.internalTarget, p.internalComment = "DROP", p.name+" has no local endpoints"
 		}
-		if !hasExternal {
-			externalTarget, externalComment = "DROP", p.name+" has no local endpoints"
-			r.rec.noLocalExternal = true
+		if !p.hasExternal {
+			p.externalTarget, p.externalComment = "DROP", p.name+" has no local endpoints"
 		}
 	}
+	return p
+}
 
-	clusterIP := svc.ClusterIP.String()
-	if hasInternal {
-		r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" cluster IP",
-			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", internalChain)
-	} else {
-		r.rec.shared[filterServices].rule(ChainServices, "-m", "comment", "--comment", internalComment,
-			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", internalTarget)
+// writeServicePort writes everything one service port needs (behaviour spec §1.4-1.5):
+// dispatch from KUBE-SERVICES and KUBE-NODEPORTS, the filter rules for traffic that has no
+// endpoint to go to, and the service's own SVC/SVL/EXT/FW/SEP chains.
+//
+// Rule order within a chain is behaviour (the first match wins): each shared chain gets
+// the port's rules in the order of the calls below, and the port's own rules start with
+// the masquerade rule writeClusterIPRules puts at the top of internalChain.
+func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint) {
+	r.epKeys, r.epPorts, r.epNames = r.epKeys[:0], r.epPorts[:0], r.epNames[:0]
+	p := newPortRules(svc, eps, r.node)
+	r.rec.noLocalInternal = p.hasEndpoints && !p.hasInternal
+	r.rec.noLocalExternal = p.hasEndpoints && !p.hasExternal
+
+	r.writeClusterIPRules(&p)
+	r.writeExternalDestinationRules(&p)
+	r.writeNodePortRules(&p)
+	r.writeHealthCheckNodePortRule(&p)
+	r.writeOwnChains(&p)
+}
+
+// writeClusterIPRules sends cluster IP traffic to internalChain (nat KUBE-SERVICES), or
+// rejects or drops it (filter KUBE-SERVICES) when the internal policy has no endpoint.
+// It also writes internalChain's first rule, the masquerade of off-pod-network traffic.
+func (r *renderer) writeClusterIPRules(p *portRules) {
+	clusterIP := p.svc.ClusterIP.String()
+	if !p.hasInternal {
+		r.rec.shared[filterServices].rule(ChainServices, "-m", "comment", "--comment", p.internalComment,
+			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", p.internalTarget)
+		return
 	}
+	r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" cluster IP",
+		"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", p.internalChain)
 
-	for _, ip := range svc.ExternalIPs {
+	// Cluster-IP traffic from outside the pod network (e.g. from the node itself) must
+	// be masqueraded for the reply to find its way back. Without a way to tell pod
+	// traffic apart, upstream writes no such rule unless everything is masqueraded.
+	args := []string{"-m", "comment", "--comment", p.name + " cluster IP",
+		"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port}
+	switch {
+	case r.opts.MasqueradeAll:
+		r.own.rule(p.internalChain, append(args, "-j", ChainMarkMasq)...)
+	case r.opts.LocalDetector.Implemented():
+		args = append(args, r.opts.LocalDetector.IfNotLocal...)
+		r.own.rule(p.internalChain, append(args, "-j", ChainMarkMasq)...)
+	}
+}
+
+// writeExternalDestinationRules writes the shared rules for the port's external IPs,
+// which enter at KUBE-EXT-*, and its load balancer IPs, which enter at lbChain so that
+// KUBE-FW-* can filter them by source (filter KUBE-PROXY-FIREWALL drops what it rejects).
+func (r *renderer) writeExternalDestinationRules(p *portRules) {
+	for _, ip := range p.svc.ExternalIPs {
+		r.writeExternalAddressRules(p, ip.String(), p.name+" external IP", p.extChain)
+	}
+	for _, ip := range p.svc.LoadBalancerVIPs {
 		dst := ip.String()
-		if hasEndpoints {
-			r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" external IP",
-				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", p.extChain)
-		}
-		if !hasExternal {
-			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
-				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", externalTarget)
-		}
-	}
-
-	for _, ip := range svc.LoadBalancerVIPs {
-		dst := ip.String()
-		if hasEndpoints {
-			r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" loadbalancer IP",
-				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", lbChain)
-		}
-		if usesFWChain {
+		r.writeExternalAddressRules(p, dst, p.name+" loadbalancer IP", p.lbChain)
+		if p.usesFWChain {
 			// Packets KUBE-FW-* did not DNAT still carry the load balancer IP: drop them.
 			r.rec.shared[filterProxyFirewall].rule(ChainProxyFirewall, "-m", "comment", "--comment", p.name+" traffic not accepted by "+p.fwChain,
 				"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", "DROP")
 		}
 	}
-	if !hasExternal {
-		for _, ip := range svc.LoadBalancerVIPs {
-			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
-				"-m", p.proto, "-p", p.proto, "-d", ip.String(), "--dport", p.port, "-j", externalTarget)
-		}
-	}
+}
 
-	if svc.NodePort != 0 {
-		nodePort := strconv.Itoa(int(svc.NodePort))
-		if hasEndpoints {
-			// Node ports are not subject to loadBalancerSourceRanges (upstream behaviour
-			// that users rely on), so they enter at EXT, not FW.
-			if r.localhostNodePorts() && r.opts.CountLocalhostNodePorts {
-				// Accounting only: the next rule matches the same packets.
-				r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
-					"-m", p.proto, "-p", p.proto, "-d", "127.0.0.0/8", "--dport", nodePort,
-					"-m", "nfacct", "--nfacct-name", nfacctLocalhostNodePorts, "-j", p.extChain)
-			}
+// writeExternalAddressRules sends traffic to dst, an external or load balancer IP of the
+// port, to entryChain (nat KUBE-SERVICES), and rejects or drops it (filter
+// KUBE-EXTERNAL-SERVICES) when the external policy has no endpoint.
+func (r *renderer) writeExternalAddressRules(p *portRules, dst, comment, entryChain string) {
+	if p.hasEndpoints {
+		r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", comment,
+			"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", entryChain)
+	}
+	if !p.hasExternal {
+		r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", p.externalComment,
+			"-m", p.proto, "-p", p.proto, "-d", dst, "--dport", p.port, "-j", p.externalTarget)
+	}
+}
+
+// writeNodePortRules sends traffic to the port's node port to KUBE-EXT-* (nat
+// KUBE-NODEPORTS), and rejects or drops it (filter KUBE-EXTERNAL-SERVICES) when the
+// external policy has no endpoint.
+func (r *renderer) writeNodePortRules(p *portRules) {
+	if p.svc.NodePort == 0 {
+		return
+	}
+	nodePort := strconv.Itoa(int(p.svc.NodePort))
+	if p.hasEndpoints {
+		// Node ports are not subject to loadBalancerSourceRanges (upstream behaviour
+		// that users rely on), so they enter at EXT, not FW.
+		if r.localhostNodePorts() && r.opts.CountLocalhostNodePorts {
+			// Accounting only: the next rule matches the same packets.
 			r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
-				"-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", p.extChain)
+				"-m", p.proto, "-p", p.proto, "-d", "127.0.0.0/8", "--dport", nodePort,
+				"-m", "nfacct", "--nfacct-name", nfacctLocalhostNodePorts, "-j", p.extChain)
 		}
-		if !hasExternal {
-			r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", externalComment,
-				"-m", "addrtype", "--dst-type", "LOCAL", "-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", externalTarget)
-		}
+		r.rec.shared[natNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name,
+			"-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", p.extChain)
 	}
+	if !p.hasExternal {
+		r.rec.shared[filterExternalServices].rule(ChainExternalServices, "-m", "comment", "--comment", p.externalComment,
+			"-m", "addrtype", "--dst-type", "LOCAL", "-m", p.proto, "-p", p.proto, "--dport", nodePort, "-j", p.externalTarget)
+	}
+}
 
-	if svc.HealthCheckNodePort != 0 {
-		// Load balancers probe this port whether or not we have local endpoints; the
-		// answer (200 or 503) is the point, so a host firewall must let it through.
-		r.rec.shared[filterNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name+" health check node port",
-			"-m", "tcp", "-p", "tcp", "--dport", strconv.Itoa(int(svc.HealthCheckNodePort)), "-j", "ACCEPT")
+// writeHealthCheckNodePortRule accepts the port's health check node port (filter
+// KUBE-NODEPORTS).
+func (r *renderer) writeHealthCheckNodePortRule(p *portRules) {
+	if p.svc.HealthCheckNodePort == 0 {
+		return
 	}
+	// Load balancers probe this port whether or not we have local endpoints; the
+	// answer (200 or 503) is the point, so a host firewall must let it through.
+	r.rec.shared[filterNodePorts].rule(ChainNodePorts, "-m", "comment", "--comment", p.name+" health check node port",
+		"-m", "tcp", "-p", "tcp", "--dport", strconv.Itoa(int(p.svc.HealthCheckNodePort)), "-j", "ACCEPT")
+}
 
-	if hasInternal {
-		// Cluster-IP traffic from outside the pod network (e.g. from the node itself) must
-		// be masqueraded for the reply to find its way back. Without a way to tell pod
-		// traffic apart, upstream writes no such rule unless everything is masqueraded.
-		args := []string{"-m", "comment", "--comment", p.name + " cluster IP",
-			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port}
-		switch {
-		case r.opts.MasqueradeAll:
-			r.own.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
-		case r.opts.LocalDetector.Implemented():
-			args = append(args, r.opts.LocalDetector.IfNotLocal...)
-			r.own.rule(internalChain, append(args, "-j", ChainMarkMasq)...)
-		}
+// writeOwnChains declares and fills the chains the port owns, in this order: KUBE-EXT-*,
+// KUBE-FW-*, KUBE-SVC-*, KUBE-SVL-*, then one KUBE-SEP-* per endpoint either policy may
+// pick. Each is declared only when a rule jumps to it (FuzzRender checks that no owned
+// chain is left unreferenced).
+func (r *renderer) writeOwnChains(p *portRules) {
+	if p.hasEndpoints && p.svc.ExternallyAccessible() {
+		r.writeExternalChain(p)
 	}
-
-	if usesExtChain {
-		r.writeExternalChain(p, externalChain, hasExternal)
-	}
-	if usesFWChain {
+	if p.usesFWChain {
 		r.writeFirewallChain(p)
 	}
-	if usesClusterChain {
+	if len(p.endpoints.Cluster) > 0 && p.svc.UsesClusterEndpoints() {
 		r.declare(p.svcChain)
-		r.writeDispatch(p, p.svcChain, cat.Cluster)
+		r.writeDispatch(p, p.svcChain, p.endpoints.Cluster)
 	}
-	if usesLocalChain {
+	if len(p.endpoints.Local) > 0 && p.svc.UsesLocalEndpoints() {
 		r.declare(p.svlChain)
-		r.writeDispatch(p, p.svlChain, cat.Local)
+		r.writeDispatch(p, p.svlChain, p.endpoints.Local)
 	}
-	for _, ep := range cat.AllReachable {
+	for _, ep := range p.endpoints.AllReachable {
 		r.writeEndpointChain(p, ep)
 	}
 }
@@ -185,7 +239,7 @@ func (r *renderer) declare(chain string) {
 
 // writeExternalChain writes KUBE-EXT-*, the entry point for node ports, external IPs and
 // load balancer IPs.
-func (r *renderer) writeExternalChain(p portRules, policyChain string, hasExternal bool) {
+func (r *renderer) writeExternalChain(p *portRules) {
 	r.declare(p.extChain)
 	if !p.svc.ExternalPolicyLocal {
 		// Endpoints may be on other nodes: masquerade so replies come back through here.
@@ -207,14 +261,14 @@ func (r *renderer) writeExternalChain(p portRules, policyChain string, hasExtern
 		r.own.rule(p.extChain, "-m", "comment", "--comment", "route LOCAL traffic for "+p.name+" external destinations",
 			"-m", "addrtype", "--src-type", "LOCAL", "-j", p.svcChain)
 	}
-	if hasExternal {
-		r.own.rule(p.extChain, "-j", policyChain)
+	if p.hasExternal {
+		r.own.rule(p.extChain, "-j", p.externalChain)
 	}
 }
 
 // writeFirewallChain writes KUBE-FW-*: only the allowed sources reach KUBE-EXT-*; the rest
 // falls through un-DNATed and is dropped by filter KUBE-PROXY-FIREWALL.
-func (r *renderer) writeFirewallChain(p portRules) {
+func (r *renderer) writeFirewallChain(p *portRules) {
 	r.declare(p.fwChain)
 	comment := p.name + " loadbalancer IP"
 	allowFromNode := false
@@ -240,7 +294,7 @@ func (r *renderer) writeFirewallChain(p portRules) {
 type endpointNames struct{ ip, addrPort, chain string }
 
 // namesOf returns ep's names, computing them on first use for this service port.
-func (r *renderer) namesOf(p portRules, ep model.Endpoint) endpointNames {
+func (r *renderer) namesOf(p *portRules, ep model.Endpoint) endpointNames {
 	for i := range r.epKeys {
 		if r.epKeys[i] == ep.IP && r.epPorts[i] == ep.Port {
 			return r.epNames[i]
@@ -256,7 +310,7 @@ func (r *renderer) namesOf(p portRules, ep model.Endpoint) endpointNames {
 // writeDispatch spreads new connections over endpoints: affinity matches first (one per
 // endpoint), then rule i of n matches with probability 1/(n-i), so every endpoint gets 1/n
 // of them, and the last rule always matches.
-func (r *renderer) writeDispatch(p portRules, chain string, endpoints []model.Endpoint) {
+func (r *renderer) writeDispatch(p *portRules, chain string, endpoints []model.Endpoint) {
 	if p.svc.StickyMaxAgeSeconds > 0 {
 		seconds := strconv.Itoa(int(p.svc.StickyMaxAgeSeconds))
 		for _, ep := range endpoints {
@@ -278,7 +332,7 @@ func (r *renderer) writeDispatch(p portRules, chain string, endpoints []model.En
 
 // writeEndpointChain writes one KUBE-SEP-* chain: hairpin masquerade, affinity tracking,
 // and the DNAT itself.
-func (r *renderer) writeEndpointChain(p portRules, ep model.Endpoint) {
+func (r *renderer) writeEndpointChain(p *portRules, ep model.Endpoint) {
 	n := r.namesOf(p, ep)
 	r.declare(n.chain)
 	// Hairpin: a pod reaching itself through the service must be masqueraded, or it

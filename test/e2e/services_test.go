@@ -585,3 +585,28 @@ func TestServiceWithoutSelectorAndHandWrittenEndpoints(t *testing.T) {
 		t.Errorf("from pod n2-p2: answers %v, want n1-p1 among them", seen)
 	}
 }
+
+// TestServicePortNamesAsTheAPIAllowsThem: port names are DNS labels of up to 63
+// characters, not 15-character IANA names: cert-manager's "tcp-prometheus-servicemonitor",
+// a name with a double hyphen and one of 63 characters all reach their pods.
+func TestServicePortNamesAsTheAPIAllowsThem(t *testing.T) {
+	c := framework.Shared(t)
+	ns := c.CreateNamespace(t, "portnames")
+	labels := map[string]string{"app": "portnames"}
+	c.RunPods(t, ns, labels, "n1-p1", "n2-p1")
+	long := "p" + strings.Repeat("0123456789", 6) + "-x" // 63 characters
+	svc := tcpService(ns, "portnames", v1.ServiceTypeClusterIP, labels, 80, 8080)
+	svc.Spec.Ports[0].Name = "tcp-prometheus-servicemonitor"
+	svc.Spec.Ports = append(svc.Spec.Ports,
+		v1.ServicePort{Name: "grpc--web", Protocol: v1.ProtocolTCP, Port: 81, TargetPort: intstr.FromInt32(9090)},
+		v1.ServicePort{Name: long, Protocol: v1.ProtocolTCP, Port: 82, TargetPort: intstr.FromInt32(8080)})
+	svc = c.CreateService(t, svc)
+	from := podNS(c, "n1-p2")
+	for port, target := range map[int32]int{80: 8080, 81: 9090, 82: 8080} {
+		addr := framework.HostPort(svc.Spec.ClusterIP, port)
+		c.WaitForBackends(t, from, "tcp", addr, "n1-p1", "n2-p1")
+		if r := request(t, from, "tcp", addr); r.Port != target {
+			t.Errorf("port %d: answer %v, want target port %d", port, r, target)
+		}
+	}
+}
