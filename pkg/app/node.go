@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -185,22 +186,10 @@ func (w *nodeWatcher) update(node *v1.Node) {
 	for _, p := range w.proxiers {
 		p.SetNodeZone(node.Labels[v1.LabelTopologyZone])
 	}
-	if ips := nodeIPs(node); !mapsEqual(ips, w.ips) {
+	if ips := nodeIPs(node); !maps.Equal(ips, w.ips) {
 		w.restart(fmt.Errorf("node IPs changed from %v to %v; restarting", w.ips, ips))
 	}
-	if cidrs := podCIDRs(node); w.watchCIDRs && !mapsEqual(cidrs, w.cidrs) {
+	if cidrs := podCIDRs(node); w.watchCIDRs && !maps.Equal(cidrs, w.cidrs) {
 		w.restart(fmt.Errorf("node pod CIDRs changed from %v to %v; restarting", w.cidrs, cidrs))
 	}
-}
-
-func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if bv, ok := b[k]; !ok || bv != v {
-			return false
-		}
-	}
-	return true
 }

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/kube-proxy/config/v1alpha1"
+	"k8s.io/utils/ptr"
 )
 
 // defaulted returns an empty KubeProxyConfiguration after SetDefaults, the
@@ -105,10 +106,10 @@ func TestSetDefaults(t *testing.T) {
 			name: "explicit values are kept, including pointer zeros",
 			in: func(c *v1alpha1.KubeProxyConfiguration) {
 				c.HealthzBindAddress = "1.2.3.4:99"
-				c.IPTables.MasqueradeBit = ptrTo(int32(0))
-				c.IPTables.LocalhostNodePorts = ptrTo(false)
+				c.IPTables.MasqueradeBit = ptr.To(int32(0))
+				c.IPTables.LocalhostNodePorts = ptr.To(false)
 				c.IPTables.SyncPeriod.Duration = time.Minute
-				c.Conntrack.MaxPerCore = ptrTo(int32(0))
+				c.Conntrack.MaxPerCore = ptr.To(int32(0))
 			},
 			check: func(t *testing.T, c *v1alpha1.KubeProxyConfiguration) {
 				if c.HealthzBindAddress != "1.2.3.4:99" || *c.IPTables.MasqueradeBit != 0 ||
@@ -228,9 +229,9 @@ func TestFromV1Alpha1Invalid(t *testing.T) {
 		mod  func(c *v1alpha1.KubeProxyConfiguration)
 		want string // exact error text (one field error)
 	}{
-		{"masquerade bit 32", func(c *v1alpha1.KubeProxyConfiguration) { c.IPTables.MasqueradeBit = ptrTo(int32(32)) },
+		{"masquerade bit 32", func(c *v1alpha1.KubeProxyConfiguration) { c.IPTables.MasqueradeBit = ptr.To(int32(32)) },
 			`iptables.masqueradeBit: Invalid value: 32: must be between 0 and 31`},
-		{"masquerade bit -1", func(c *v1alpha1.KubeProxyConfiguration) { c.IPTables.MasqueradeBit = ptrTo(int32(-1)) },
+		{"masquerade bit -1", func(c *v1alpha1.KubeProxyConfiguration) { c.IPTables.MasqueradeBit = ptr.To(int32(-1)) },
 			`iptables.masqueradeBit: Invalid value: -1: must be between 0 and 31`},
 		{"mode ipvs", func(c *v1alpha1.KubeProxyConfiguration) { c.Mode = "ipvs" },
 			`mode: Invalid value: "ipvs": kproxy only implements the iptables proxy mode; set it to "iptables" or leave it empty`},
@@ -278,9 +279,9 @@ func TestFromV1Alpha1Invalid(t *testing.T) {
 			`clientConnection.qps: Invalid value: -1: must be a finite number greater than or equal to 0`},
 		{"negative burst", func(c *v1alpha1.KubeProxyConfiguration) { c.ClientConnection.Burst = -1 },
 			`clientConnection.burst: Invalid value: -1: must be greater than or equal to 0`},
-		{"oom score too low", func(c *v1alpha1.KubeProxyConfiguration) { c.OOMScoreAdj = ptrTo(int32(-1001)) },
+		{"oom score too low", func(c *v1alpha1.KubeProxyConfiguration) { c.OOMScoreAdj = ptr.To(int32(-1001)) },
 			`oomScoreAdj: Invalid value: -1001: must be between -1000 and 1000`},
-		{"conntrack negative max per core", func(c *v1alpha1.KubeProxyConfiguration) { c.Conntrack.MaxPerCore = ptrTo(int32(-1)) },
+		{"conntrack negative max per core", func(c *v1alpha1.KubeProxyConfiguration) { c.Conntrack.MaxPerCore = ptr.To(int32(-1)) },
 			`conntrack.maxPerCore: Invalid value: -1: must be greater than or equal to 0`},
 		{"conntrack negative udp timeout", func(c *v1alpha1.KubeProxyConfiguration) { c.Conntrack.UDPTimeout.Duration = -time.Second },
 			`conntrack.udpTimeout: Invalid value: "-1s": must be greater than or equal to 0`},
@@ -316,7 +317,7 @@ func TestFromV1Alpha1Invalid(t *testing.T) {
 
 func TestFromV1Alpha1ReportsAllErrors(t *testing.T) {
 	in := defaulted()
-	in.IPTables.MasqueradeBit = ptrTo(int32(40))
+	in.IPTables.MasqueradeBit = ptr.To(int32(40))
 	in.Mode = "ipvs"
 	in.ClusterCIDR = "bogus"
 	_, errs := FromV1Alpha1(in)
@@ -520,7 +521,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 
 func TestValidationError(t *testing.T) {
 	in := defaulted()
-	in.IPTables.MasqueradeBit = ptrTo(int32(32))
+	in.IPTables.MasqueradeBit = ptr.To(int32(32))
 	_, errs := FromV1Alpha1(in)
 	var err error = &ValidationError{Errors: errs}
 	want := "invalid configuration: iptables.masqueradeBit: Invalid value: 32: must be between 0 and 31"

@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
+	"k8s.io/utils/ptr"
 )
 
 // defaultLogFlushFrequency is component-base's logging default, applied so a
@@ -44,14 +45,14 @@ func SetDefaults(c *v1alpha1.KubeProxyConfiguration) {
 	}
 
 	if c.OOMScoreAdj == nil {
-		c.OOMScoreAdj = ptrTo(DefaultOOMScoreAdj)
+		c.OOMScoreAdj = ptr.To(DefaultOOMScoreAdj)
 	}
 
 	if c.IPTables.MasqueradeBit == nil {
-		c.IPTables.MasqueradeBit = ptrTo(DefaultMasqueradeBit)
+		c.IPTables.MasqueradeBit = ptr.To(DefaultMasqueradeBit)
 	}
 	if c.IPTables.LocalhostNodePorts == nil {
-		c.IPTables.LocalhostNodePorts = ptrTo(true)
+		c.IPTables.LocalhostNodePorts = ptr.To(true)
 	}
 	if c.IPTables.SyncPeriod.Duration == 0 {
 		c.IPTables.SyncPeriod.Duration = DefaultSyncPeriod
@@ -66,7 +67,7 @@ func SetDefaults(c *v1alpha1.KubeProxyConfiguration) {
 		c.IPVS.SyncPeriod.Duration = DefaultSyncPeriod
 	}
 	if c.NFTables.MasqueradeBit == nil {
-		c.NFTables.MasqueradeBit = ptrTo(DefaultMasqueradeBit)
+		c.NFTables.MasqueradeBit = ptr.To(DefaultMasqueradeBit)
 	}
 	if c.NFTables.SyncPeriod.Duration == 0 {
 		c.NFTables.SyncPeriod.Duration = DefaultSyncPeriod
@@ -76,10 +77,10 @@ func SetDefaults(c *v1alpha1.KubeProxyConfiguration) {
 	}
 
 	if c.Conntrack.MaxPerCore == nil {
-		c.Conntrack.MaxPerCore = ptrTo(DefaultConntrackMaxPerCore)
+		c.Conntrack.MaxPerCore = ptr.To(DefaultConntrackMaxPerCore)
 	}
 	if c.Conntrack.Min == nil {
-		c.Conntrack.Min = ptrTo(DefaultConntrackMin)
+		c.Conntrack.Min = ptr.To(DefaultConntrackMin)
 	}
 	if c.Conntrack.TCPEstablishedTimeout == nil {
 		c.Conntrack.TCPEstablishedTimeout = durationPtr(DefaultTCPEstablishedTimeout)
@@ -127,10 +128,6 @@ func AppendPortIfNeeded(addr string, port int32) string {
 	}
 	return net.JoinHostPort(addr, strconv.Itoa(int(port)))
 }
-
-// ptrTo returns a pointer to a copy of v (v1alpha1 uses pointers to tell
-// "unset" from the zero value).
-func ptrTo[T any](v T) *T { return &v }
 
 // durationPtr returns a pointer to a metav1.Duration holding d.
 func durationPtr(d time.Duration) *metav1.Duration { return &metav1.Duration{Duration: d} }

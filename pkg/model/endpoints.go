@@ -4,6 +4,8 @@ package model
 // traffic under the cluster policy, which under the local policy, and whether the
 // service has any usable endpoint at all.
 
+import "slices"
+
 // Topology modes derived from EndpointSlice hints.
 const (
 	topologyNone = iota
@@ -113,12 +115,12 @@ func topologyMode(eps []Endpoint, node Node) int {
 		}
 		if len(ep.NodeHints) == 0 {
 			allNode = false
-		} else if contains(ep.NodeHints, node.Name) {
+		} else if slices.Contains(ep.NodeHints, node.Name) {
 			anyForNode = true
 		}
 		if len(ep.ZoneHints) == 0 {
 			allZone = false
-		} else if node.Zone != "" && contains(ep.ZoneHints, node.Zone) {
+		} else if node.Zone != "" && slices.Contains(ep.ZoneHints, node.Zone) {
 			anyForZone = true
 		}
 	}
@@ -134,18 +136,9 @@ func topologyMode(eps []Endpoint, node Node) int {
 func availableForTopology(ep Endpoint, mode int, node Node) bool {
 	switch mode {
 	case topologyPreferSameNode:
-		return contains(ep.NodeHints, node.Name)
+		return slices.Contains(ep.NodeHints, node.Name)
 	case topologyPreferSameZone:
-		return contains(ep.ZoneHints, node.Zone)
+		return slices.Contains(ep.ZoneHints, node.Zone)
 	}
 	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

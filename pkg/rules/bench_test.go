@@ -30,8 +30,19 @@ func largeSnapshot(services, endpoints int) *model.Snapshot {
 }
 
 func BenchmarkRender10kServices5Endpoints(b *testing.B) {
-	snap := largeSnapshot(10000, 5)
+	benchmarkFullRender(b, defaultOptions())
+}
+
+// BenchmarkRender10kServices5EndpointsNFTBatches is the same render split into the nft
+// backend's whole-service batches (the kproxy command's 500 chains per batch).
+func BenchmarkRender10kServices5EndpointsNFTBatches(b *testing.B) {
 	opts := defaultOptions()
+	opts.MaxChainsPerBatch = 500
+	benchmarkFullRender(b, opts)
+}
+
+func benchmarkFullRender(b *testing.B, opts rules.Options) {
+	snap := largeSnapshot(10000, 5)
 	b.ReportAllocs()
 	b.ResetTimer()
 	var bytes int

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -389,7 +390,7 @@ func decodeService(d *fuzzDecoder, fam *fzFamily, al *fzAlloc, nn types.Namespac
 				al.externalIP++
 				ip = fzAdd(fam.externalIP, al.externalIP)
 			}
-			if !containsAddr(s.externalIPs, ip) {
+			if !slices.Contains(s.externalIPs, ip) {
 				s.externalIPs = append(s.externalIPs, ip)
 			}
 		}
@@ -404,7 +405,7 @@ func decodeService(d *fuzzDecoder, fam *fzFamily, al *fzAlloc, nn types.Namespac
 	// does; the tracker has already dropped /0 ranges (and with them the whole list).
 	if s.typ == 2 || d.chance(8) {
 		for _, i := range []int{d.intn(8), d.intn(8), d.intn(8)} {
-			if i < len(fam.sourceRanges) && !containsPrefix(s.sourceRanges, fam.sourceRanges[i]) {
+			if i < len(fam.sourceRanges) && !slices.Contains(s.sourceRanges, fam.sourceRanges[i]) {
 				s.sourceRanges = append(s.sourceRanges, fam.sourceRanges[i])
 			}
 		}
@@ -487,24 +488,6 @@ func decodeEndpoints(d *fuzzDecoder, fam *fzFamily) []model.Endpoint {
 	}
 	model.SortEndpoints(eps)
 	return eps
-}
-
-func containsPrefix(list []netip.Prefix, p netip.Prefix) bool {
-	for _, q := range list {
-		if q == p {
-			return true
-		}
-	}
-	return false
-}
-
-func containsAddr(list []netip.Addr, a netip.Addr) bool {
-	for _, b := range list {
-		if a == b {
-			return true
-		}
-	}
-	return false
 }
 
 // buildSnapshot turns decoded services into the snapshot the tracker would produce.

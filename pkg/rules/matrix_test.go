@@ -3,6 +3,7 @@ package rules_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -149,8 +150,8 @@ func TestNodePortsMatrix(t *testing.T) {
 					t.Fatal(err)
 				}
 				accepted := strings.Join(res.Endpoints, ",") == want
-				if accepted != contains(tc.accepts, dst) {
-					t.Errorf("node port on %s: reached endpoint=%t, want %t", dst, accepted, contains(tc.accepts, dst))
+				if accepted != slices.Contains(tc.accepts, dst) {
+					t.Errorf("node port on %s: reached endpoint=%t, want %t", dst, accepted, slices.Contains(tc.accepts, dst))
 				}
 			}
 			if _, ok := tables["filter"].Chains["KUBE-FIREWALL"]; ok != true || (len(tables["filter"].Chains["KUBE-FIREWALL"]) > 0) != tc.firewall {
@@ -158,13 +159,4 @@ func TestNodePortsMatrix(t *testing.T) {
 			}
 		})
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -118,7 +118,14 @@ func (p *planner) ownChainBatches(natHead lineBuffer) [][]byte {
 	var out [][]byte
 	for i, group := range p.serviceGroups() {
 		withFixedChains := i == 0 && !p.partial
-		b := []byte("*nat\n")
+		// Sized up front: the batches of a large sync add up to the whole payload, and
+		// growing each by appends would allocate it about twice over.
+		size := len("*nat\n") + len(natHead.rules) + 64 + len("COMMIT\n")
+		for _, rp := range group {
+			size += rp.end.chains - rp.start.chains + rp.end.rules - rp.start.rules
+		}
+		b := make([]byte, 0, size)
+		b = append(b, "*nat\n"...)
 		if withFixedChains {
 			b = appendChain(appendChain(b, ChainPostrouting), ChainMarkMasq)
 		}
