@@ -117,8 +117,8 @@ func TestDifferential(t *testing.T) {
 			if r.drifts >= 5 && r.unequalReads == 0 {
 				t.Errorf("%d drift injections and not one read in which the rules differed: the comparison does not see the kernel's rules", r.drifts)
 			}
-			t.Logf("%s: %d settled comparisons (%d objects written, refused by the API server: %v), %d drift injections %v, rules compared each time up to %d lines, %d unequal reads before settling; 0 differing lines after settling",
-				backend, r.compared, r.a.applied, r.a.refused, r.drifts, r.driftKinds, r.maxLines, r.unequalReads)
+			t.Logf("%s: %d settled comparisons (%d objects written, refused by the API server: %v), %d drift injections %v, rules compared each time up to %d lines, %d unequal reads before settling, %d steps against a restarted upstream; 0 differing lines after settling",
+				backend, r.compared, r.a.applied, r.a.refused, r.drifts, r.driftKinds, r.maxLines, r.unequalReads, r.upstreamRestarts)
 		})
 	}
 }
@@ -138,6 +138,8 @@ type run struct {
 	maxLines   int
 	// unequalReads counts reads in which the two rulesets differed before they settled.
 	unequalReads int
+	// upstreamRestarts counts the steps compared against a freshly started upstream.
+	upstreamRestarts int
 }
 
 // keep writes a file under _output/diff for a person to look at.
@@ -154,6 +156,16 @@ func (r *run) step(where string, step gen.Step) {
 		if err := r.a.apply(r.ctx, op); err != nil {
 			r.t.Fatalf("%s: writing to the API server: %v", where, err)
 		}
+	}
+	if step.RelabelsSlice {
+		// The oracle is what upstream writes from scratch for these objects: a running
+		// upstream keeps a relabelled slice's endpoints under the old service (see
+		// gen.Step.RelabelsSlice).
+		time.Sleep(500 * time.Millisecond)
+		if err := r.up.restart(r.ctx); err != nil {
+			r.t.Fatalf("%s: restarting upstream: %v", where, err)
+		}
+		r.upstreamRestarts++
 	}
 	r.settle(where)
 }

@@ -50,8 +50,11 @@ clientConnection:
 // proxy is one proxy process in its node namespace.
 type proxy struct {
 	name, netns, backend string
-	cmd                  *exec.Cmd
-	log                  string
+	// args is the command line, "ip netns exec ..." included, to start it again.
+	args    []string
+	cmd     *exec.Cmd
+	log     string
+	logFile *os.File
 }
 
 // startProxy starts bin in netns as node nodeName, with the iptables backend forced: for
@@ -84,17 +87,13 @@ func startProxy(t *testing.T, c *framework.Cluster, name, bin, netns, backend, n
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmdArgs := append([]string{"netns", "exec", netns, "env"}, env...)
-	cmd := exec.Command("ip", append(append(cmdArgs, bin), args...)...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	cmdArgs := append(append(append([]string{"netns", "exec", netns, "env"}, env...), bin), args...)
+	p := &proxy{name: name, netns: netns, backend: backend, args: cmdArgs, log: logPath, logFile: logFile}
+	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{name: name, netns: netns, backend: backend, cmd: cmd, log: logPath}
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
+		p.stop()
 		logFile.Close()
 		if t.Failed() {
 			dst := filepath.Join(c.RepoRoot, "_output", "diff", "logs", name+".log")
@@ -106,6 +105,32 @@ func startProxy(t *testing.T, c *framework.Cluster, name, bin, netns, backend, n
 		}
 	})
 	return p
+}
+
+func (p *proxy) start() error {
+	cmd := exec.Command("ip", p.args...)
+	cmd.Stdout, cmd.Stderr = p.logFile, p.logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.cmd = cmd
+	return nil
+}
+
+func (p *proxy) stop() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	_ = p.cmd.Wait()
+}
+
+// restart stops the proxy and starts it again from scratch, keeping the rules it wrote
+// (as a restarted kube-proxy finds them), and waits for its first sync.
+func (p *proxy) restart(ctx context.Context) error {
+	p.stop()
+	if err := p.start(); err != nil {
+		return err
+	}
+	return p.waitHealthy(ctx, 60*time.Second)
 }
 
 // backendPath fills dir with iptables commands that run backend's binaries.

@@ -55,6 +55,12 @@ type Op struct {
 type Step struct {
 	Name string
 	Ops  []Op
+	// RelabelsSlice is set when the step changes a slice's kubernetes.io/service-name
+	// label. Upstream files a slice's endpoints under the service its label names and never
+	// takes them from the old one (pkg/proxy/endpointslicecache.go), so until it restarts it
+	// keeps serving the old service with them; kproxy moves them, on purpose (issue 8). The
+	// harness compares such a step against an upstream started from scratch.
+	RelabelsSlice bool
 }
 
 // Sequence is the whole input of one differential run.
@@ -177,7 +183,8 @@ func (g *generator) step() Step {
 			ops = g.flush()
 		}
 	}
-	return Step{Name: strings.Join(names, "; "), Ops: ops}
+	relabels := slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, verbRelabel) })
+	return Step{Name: strings.Join(names, "; "), Ops: ops, RelabelsSlice: relabels}
 }
 
 // flush renders the model, compares it with what was emitted before and returns the Ops
