@@ -249,3 +249,47 @@ func TestNFAcctRulesFollowCounters(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialSyncOnDriftIsNotBlamedOnTheService: when another program deleted a rule that
+// a partial sync deletes, the edit fails; that is drift, not a bad Service. The sync
+// retries in full at once and programs the Service, which is not left out. (The first run
+// of the differential test found kproxy blaming, and so dropping, such a Service.)
+func TestPartialSyncOnDriftIsNotBlamedOnTheService(t *testing.T) {
+	ctx := context.Background()
+	p, ipt := newTestProxier(t)
+	p.OnServiceAdd(testService("a", "172.30.0.1", 80))
+	p.OnServiceAdd(testService("b", "172.30.0.2", 80))
+	p.OnEndpointSliceAdd(testSlice("a", "10.1.0.1"))
+	p.OnEndpointSliceAdd(testSlice("b", "10.1.0.2"))
+	p.OnServicesSynced()
+	p.OnEndpointSlicesSynced()
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tables := ipt.Tables()
+	var kept []rulestest.Rule
+	for _, r := range tables["nat"].Chains[rules.ChainServices] {
+		if !strings.Contains(r.String(), "ns/a:p") {
+			kept = append(kept, r)
+		}
+	}
+	tables["nat"].Chains[rules.ChainServices] = kept
+	ipt.SetTables(tables)
+	rejectedBefore := testutil.ToFloat64(metrics.KernelRejectedServicesTotal.WithLabelValues("IPv4"))
+
+	// A new port: the partial sync deletes a's old KUBE-SERVICES rule, which is gone.
+	p.OnServiceUpdate(nil, testService("a", "172.30.0.1", 81))
+	calls := ipt.RestoreCalls()
+	if err := p.Sync(ctx); err != nil {
+		t.Fatalf("sync over drift: %v", err)
+	}
+	if n := ipt.RestoreCalls() - calls; n != 2 {
+		t.Errorf("%d restores, want 2 (the failed partial one, then the full one)", n)
+	}
+	if got := trace(t, ipt, "172.30.0.1", 81); !strings.Contains(got, "10.1.0.1:8080") {
+		t.Errorf("service a not programmed after the full retry: %s", got)
+	}
+	if len(p.rejected) != 0 || testutil.ToFloat64(metrics.KernelRejectedServicesTotal.WithLabelValues("IPv4")) != rejectedBefore {
+		t.Errorf("drift was blamed on a Service: rejected %v", p.rejected)
+	}
+}

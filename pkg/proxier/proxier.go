@@ -6,6 +6,7 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"runtime/debug"
@@ -252,12 +253,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 
 	if full {
-		// Before the restore, while our chains may be empty: on the legacy backend every
-		// check reads the whole table, so checking a full one costs seconds.
-		if err := p.ensureJumps(ctx); err != nil {
+		if err := p.prepareFullSync(ctx); err != nil {
 			return err
 		}
-		p.ensureCounters(ctx)
 	}
 	var localAddrs []netip.Addr
 	if len(p.cfg.Rules.NodePortAddresses) > 0 {
@@ -271,7 +269,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	node.Zone = *p.zone.Load()
 
 	var rs *rules.Ruleset
-	for attempt := 0; ; attempt++ {
+	for leftOut := 0; ; {
 		req := rules.Request{
 			Snapshot:   p.withoutRejected(snap),
 			Changed:    changes.Services,
@@ -288,10 +286,26 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		if err == nil {
 			break
 		}
+		var perr *iptables.ParseError
+		if !full && errors.As(err, &perr) {
+			// A partial sync edits what the kernel held after the last one; when another
+			// program removed or moved a rule it edits, the edit fails. That says nothing
+			// about the Service on that line, and a full sync does not depend on what the
+			// kernel held: retry in full at once.
+			logger.Info("Partial sync failed on rules changed behind kproxy's back; retrying in full", "line", perr.Line)
+			full = true
+			if err := p.prepareFullSync(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		// A full sync's payload stands on its own: a line the kernel rejects is wrong in
+		// itself, and its Service is to blame.
 		culprit, line, ok := blame(err, rs)
-		if !ok || attempt == maxRejectedPerSync {
+		if !full || !ok || leftOut == maxRejectedPerSync {
 			return err
 		}
+		leftOut++
 		// One Service's rules must not stop every other Service's: leave it out and
 		// retry at once. The failed restore may have applied some batches, so the
 		// retry is full.
@@ -300,7 +314,6 @@ func (p *Proxier) Sync(ctx context.Context) error {
 			"service", culprit, "line", line)
 		metrics.KernelRejectedServicesTotal.WithLabelValues(p.family).Inc()
 		metrics.InvalidObjectsTotal.WithLabelValues(tracker.KindService, ReasonRejectedByKernel).Inc()
-		full = true
 	}
 
 	now := p.cfg.Clock.Now()
@@ -359,6 +372,18 @@ func (p *Proxier) afterSync(ctx context.Context, snap *model.Snapshot) {
 		}
 		p.udpCleanupPending = false
 	}
+}
+
+// prepareFullSync does what a full sync needs before its restore: the jumps from the
+// built-in chains (checked while our chains may still be empty: on the legacy backend
+// every check reads the whole table, so checking a full one costs seconds) and the nfacct
+// counters.
+func (p *Proxier) prepareFullSync(ctx context.Context) error {
+	if err := p.ensureJumps(ctx); err != nil {
+		return err
+	}
+	p.ensureCounters(ctx)
+	return nil
 }
 
 // ensureCounters creates upstream's nfacct counters, as upstream does on every full sync,
