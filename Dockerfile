@@ -6,7 +6,10 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY cmd cmd
 COPY pkg pkg
-RUN CGO_ENABLED=0 go build -trimpath -o /out/kproxy ./cmd/kproxy
+COPY hack/version-ldflags.sh hack/
+# The build context has no .git: the version comes in as a build argument.
+ARG KPROXY_VERSION
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "$(KPROXY_VERSION=$KPROXY_VERSION hack/version-ldflags.sh)" -o /out/kproxy ./cmd/kproxy
 
 FROM debian:bookworm-slim
 RUN apt-get update \

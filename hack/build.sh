@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds bin/kproxy (static, no cgo), as the container image does.
+# Builds bin/kproxy (static, no cgo, version stamped by hack/version-ldflags.sh), as the
+# container image does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-CGO_ENABLED=0 go build -trimpath -o bin/kproxy ./cmd/kproxy
+CGO_ENABLED=0 go build -trimpath -ldflags "$(hack/version-ldflags.sh)" -o bin/kproxy ./cmd/kproxy
 echo "built bin/kproxy"

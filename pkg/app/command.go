@@ -9,13 +9,18 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	"k8s.io/component-base/version"
 	"k8s.io/klog/v2"
+
+	"github.com/kproxy-dev/kproxy/pkg/config"
 )
 
 // NewCommand returns the kproxy command. It accepts kube-proxy's flags unchanged, so an
 // existing DaemonSet's arguments work as they are.
 func NewCommand() *cobra.Command {
 	opts := NewOptions()
+	showVersion := versionOff
 	cmd := &cobra.Command{
 		Use:   "kproxy",
 		Short: "kproxy: a drop-in replacement for kube-proxy in iptables mode",
@@ -27,17 +32,21 @@ chains, rules and flags as kube-proxy in iptables mode.`,
 		// kube-proxy has no shell completion; keep the command line identical.
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := opts.Complete(cmd.Flags())
+			// Before anything else, as upstream: --version works whatever the config says.
+			if showVersion != versionOff {
+				return printVersion(cmd.OutOrStdout(), showVersion, version.Get())
+			}
+			ctx := cmd.Context()
+			cfg, err := opts.Complete(ctx, cmd.Flags())
 			if err != nil {
 				return err
 			}
-			if err := opts.ApplyLogging(cfg); err != nil {
+			if err := applyLogging(cfg, nil); err != nil {
 				return err
 			}
 			if opts.WriteConfigTo != "" {
 				return opts.WriteConfigFile()
 			}
-			ctx := cmd.Context()
 			if opts.Cleanup {
 				return CleanupAll(ctx, cfg)
 			}
@@ -45,8 +54,23 @@ chains, rules and flags as kube-proxy in iptables mode.`,
 		},
 	}
 	opts.AddFlags(cmd.Flags())
+	addVersionFlag(cmd.Flags(), &showVersion)
 	cmd.AddCommand(newRenderCommand())
 	return cmd
+}
+
+// applyLogging makes cfg's logging settings (format, verbosity, flush
+// frequency, ...) the process's, through component-base as upstream does.
+// It can take effect once per process; streams nil means stderr and stdout.
+func applyLogging(cfg *config.Config, streams *logsapi.LoggingOptions) error {
+	gates, err := config.LoggingFeatureGate(cfg.FeatureGates)
+	if err != nil {
+		return fmt.Errorf("applying logging settings: %w", err)
+	}
+	if err := logsapi.ValidateAndApplyWithOptions(&cfg.Logging, streams, gates); err != nil {
+		return fmt.Errorf("applying logging settings: %w", err)
+	}
+	return nil
 }
 
 // Main runs the command and returns the process exit code; errors are printed as one line.

@@ -55,7 +55,7 @@ func TestConfigChangeBeforeWatchRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.Complete(fs); err != nil {
+	if _, err := o.Complete(context.Background(), fs); err != nil {
 		t.Fatal(err)
 	}
 	if string(o.loadedConfig) != header {

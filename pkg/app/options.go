@@ -1,7 +1,7 @@
 package app
 
 import (
-	goflag "flag"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 
@@ -25,10 +26,11 @@ import (
 // Precedence, as upstream (behaviour §9.1):
 //   - without --config, every flag applies;
 //   - with --config, the file replaces all flag-bound settings; only
-//     --hostname-override, --master, the logging flags (-v, --vmodule) and
-//     kproxy's own --iptables-backend still apply. kproxy additionally logs a
-//     warning for each ignored flag the user set, since silently dropping them
-//     is a common source of "my flag does nothing" reports.
+//     --hostname-override, --master, the logging flags (-v, --vmodule,
+//     --logging-format, ...: those set override the file's logging section)
+//     and kproxy's own --iptables-backend still apply. kproxy additionally
+//     logs a warning for each ignored flag the user set, since silently
+//     dropping them is a common source of "my flag does nothing" reports.
 type Options struct {
 	// ConfigFile is --config: a KubeProxyConfiguration file (YAML or JSON).
 	ConfigFile string
@@ -55,8 +57,9 @@ type Options struct {
 	healthzPort      int32 // deprecated --healthz-port
 	metricsPort      int32 // deprecated --metrics-port
 
-	// klogFlags holds klog's flags; -v and --vmodule are exposed on fs.
-	klogFlags *goflag.FlagSet
+	// loggingFlags are the names of component-base's logging flags, which
+	// AddFlags binds to flagConfig.Logging and which apply even with --config.
+	loggingFlags map[string]bool
 	// fileOnlyFlags are the flags that --config makes ignored, sorted.
 	fileOnlyFlags []string
 
@@ -89,8 +92,6 @@ var neverIgnoredFlags = map[string]bool{
 	"hostname-override": true,
 	"master":            true,
 	"iptables-backend":  true, // not a file field: the flag is the only way to set it
-	"v":                 true,
-	"vmodule":           true,
 }
 
 // AddFlags registers kube-proxy's flags, with upstream's names and defaults,
@@ -168,32 +169,45 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", c.IPVS.TCPFinTimeout.Duration, "IPVS TCP FIN timeout."+ipvsIgnored)
 	fs.DurationVar(&c.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", c.IPVS.UDPTimeout.Duration, "IPVS UDP timeout."+ipvsIgnored)
 
-	// Logging: only -v and --vmodule, the klog flags upstream still exposes.
-	o.klogFlags = goflag.NewFlagSet("klog", goflag.ContinueOnError)
-	klog.InitFlags(o.klogFlags)
-	fs.AddGoFlag(o.klogFlags.Lookup("v"))
-	fs.AddGoFlag(o.klogFlags.Lookup("vmodule"))
+	// Logging: component-base's flags, as upstream registers them, bound to the
+	// flag config's logging section.
+	beforeLogging := map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) { beforeLogging[f.Name] = true })
+	logsapi.AddFlags(&c.Logging, fs)
+	o.loggingFlags = map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !beforeLogging[f.Name] {
+			o.loggingFlags[f.Name] = true
+		}
+	})
 
 	o.fileOnlyFlags = o.fileOnlyFlags[:0]
 	fs.VisitAll(func(f *pflag.Flag) {
-		if !preexisting[f.Name] && !neverIgnoredFlags[f.Name] {
+		if !preexisting[f.Name] && !o.appliesWithConfig(f.Name) {
 			o.fileOnlyFlags = append(o.fileOnlyFlags, f.Name)
 		}
 	})
 	sort.Strings(o.fileOnlyFlags) // VisitAll's order depends on fs.SortFlags
 }
 
+// appliesWithConfig reports whether flag name still applies when --config is
+// given.
+func (o *Options) appliesWithConfig(name string) bool {
+	return neverIgnoredFlags[name] || o.loggingFlags[name]
+}
+
 // Complete resolves the flags and, if given, the --config file into kproxy's
 // validated configuration, following upstream's precedence (see Options).
 // fs must be the flag set AddFlags registered on, after parsing: it tells
-// which flags the user set explicitly.
+// which flags the user set explicitly. Warnings (ignored flags, unknown
+// fields in the file) are logged with ctx's logger.
 //
 // The error, if any, is a single line naming the offending field (and the
 // flag it came from, when it came from one); validation failures are a
 // *config.ValidationError. For example
 //
 //	invalid configuration: iptables.masqueradeBit: Invalid value: 32: must be between 0 and 31 (flag --iptables-masquerade-bit)
-func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
+func (o *Options) Complete(ctx context.Context, fs *pflag.FlagSet) (*config.Config, error) {
 	var v1 *v1alpha1.KubeProxyConfiguration
 	fromFile := o.ConfigFile != ""
 	if fromFile {
@@ -203,9 +217,17 @@ func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("loading --config: reading config file: %w", err)
 		}
-		loaded, err := config.Decode(data)
+		loaded, warning, err := config.Decode(data)
 		if err != nil {
 			return nil, fmt.Errorf("loading --config: config file %s: %w", o.ConfigFile, err)
+		}
+		if warning != nil {
+			// Upstream's message, so that searches for it find kproxy's too; the file
+			// is used without the offending fields, as upstream uses it.
+			klog.FromContext(ctx).Info("Using lenient decoding as strict decoding failed", "file", o.ConfigFile, "err", warning)
+		}
+		if err := o.copyLoggingFlags(fs, &loaded.Logging); err != nil {
+			return nil, err
 		}
 		o.loadedConfig = data
 		for _, name := range o.ignoredFlags(fs) {
@@ -234,9 +256,6 @@ func (o *Options) Complete(fs *pflag.FlagSet) (*config.Config, error) {
 	cfg.Master = o.master
 	cfg.IPTablesBackend = o.iptablesBackend
 	cfg.ConfigFile = o.ConfigFile
-	if err := o.completeLogging(cfg, fs, fromFile); err != nil {
-		return nil, err
-	}
 	o.effective = v1
 	return cfg, nil
 }
@@ -259,22 +278,6 @@ func (o *Options) WriteConfigFile() error {
 	return nil
 }
 
-// ApplyLogging makes klog use the verbosity and vmodule of c. The logging
-// flags already took effect while parsing; this matters when the values come
-// from the config file's logging section.
-func (o *Options) ApplyLogging(c *config.Config) error {
-	if o.klogFlags == nil {
-		return fmt.Errorf("applying logging settings: AddFlags has not been called")
-	}
-	if err := o.klogFlags.Set("v", strconv.FormatUint(uint64(c.Logging.Verbosity), 10)); err != nil {
-		return fmt.Errorf("applying logging verbosity: %w", err)
-	}
-	if err := o.klogFlags.Set("vmodule", c.Logging.VModule); err != nil {
-		return fmt.Errorf("applying logging vmodule: %w", err)
-	}
-	return nil
-}
-
 // ignoredFlags returns the flags the user set that --config makes ignored.
 func (o *Options) ignoredFlags(fs *pflag.FlagSet) []string {
 	var out []string
@@ -286,63 +289,70 @@ func (o *Options) ignoredFlags(fs *pflag.FlagSet) []string {
 	return out
 }
 
-// completeLogging settles the logging settings: the flags when there is no
-// file; with a file, the file's logging section with -v and --vmodule from
-// the command line taking priority (as upstream).
-func (o *Options) completeLogging(cfg *config.Config, fs *pflag.FlagSet, fromFile bool) error {
-	flagV, err := strconv.ParseUint(o.klogFlags.Lookup("v").Value.String(), 10, 32)
-	if err != nil {
-		return fmt.Errorf("reading -v: %w", err)
-	}
-	flagVModule := o.klogFlags.Lookup("vmodule").Value.String()
-	if !fromFile {
-		cfg.Logging.Verbosity = uint32(flagV)
-		cfg.Logging.VModule = flagVModule
-		return nil
-	}
-	if fs.Changed("v") {
-		cfg.Logging.Verbosity = uint32(flagV)
-	}
-	if fs.Changed("vmodule") && flagVModule != "" {
-		// klog uses the first matching pattern, so the flag's patterns go first.
-		parts := []string{flagVModule}
-		if cfg.Logging.VModule != "" {
-			parts = append(parts, cfg.Logging.VModule)
+// copyLoggingFlags copies the logging flags the user set into to, a config
+// file's logging section, as upstream does: the command line wins, and
+// --vmodule's patterns go before the file's because klog uses the first
+// pattern that matches. The values are copied through the flags' own string
+// form, so every flag component-base adds is handled the same way.
+func (o *Options) copyLoggingFlags(fs *pflag.FlagSet, to *logsapi.LoggingConfiguration) error {
+	fileVModule := to.VModule
+	to.VModule = nil
+	var bound pflag.FlagSet
+	logsapi.AddFlags(to, &bound)
+	for name := range o.loggingFlags {
+		from := fs.Lookup(name)
+		if from == nil || !from.Changed {
+			continue
 		}
-		cfg.Logging.VModule = strings.Join(parts, ",")
+		dst := bound.Lookup(name)
+		if dst == nil {
+			return fmt.Errorf("logging flag --%s has no counterpart in the logging configuration", name)
+		}
+		if err := dst.Value.Set(from.Value.String()); err != nil {
+			return fmt.Errorf("applying --%s over the config file: %w", name, err)
+		}
 	}
+	to.VModule = append(to.VModule, fileVModule...)
 	return nil
 }
 
 // fieldFlags maps a config field path to the flag that sets it, so errors
 // about flag-provided values can name the flag the user actually typed.
 var fieldFlags = map[string]string{
-	"hostnameOverride":                "hostname-override",
-	"clientConnection.qps":            "kube-api-qps",
-	"clientConnection.burst":          "kube-api-burst",
-	"mode":                            "proxy-mode",
-	"iptables.masqueradeBit":          "iptables-masquerade-bit",
-	"iptables.syncPeriod":             "iptables-sync-period",
-	"iptables.minSyncPeriod":          "iptables-min-sync-period",
-	"configSyncPeriod":                "config-sync-period",
-	"clusterCIDR":                     "cluster-cidr",
-	"detectLocalMode":                 "detect-local-mode",
-	"detectLocal.bridgeInterface":     "pod-bridge-interface",
-	"detectLocal.interfaceNamePrefix": "pod-interface-name-prefix",
-	"nodePortAddresses":               "nodeport-addresses",
-	"bindAddress":                     "bind-address",
-	"healthzBindAddress":              "healthz-bind-address",
-	"metricsBindAddress":              "metrics-bind-address",
-	"showHiddenMetricsForVersion":     "show-hidden-metrics-for-version",
-	"oomScoreAdj":                     "oom-score-adj",
-	"conntrack.maxPerCore":            "conntrack-max-per-core",
-	"conntrack.min":                   "conntrack-min",
-	"conntrack.tcpEstablishedTimeout": "conntrack-tcp-timeout-established",
-	"conntrack.tcpCloseWaitTimeout":   "conntrack-tcp-timeout-close-wait",
-	"conntrack.udpTimeout":            "conntrack-udp-timeout",
-	"conntrack.udpStreamTimeout":      "conntrack-udp-timeout-stream",
-	"featureGates":                    "feature-gates",
-	"iptablesBackend":                 "iptables-backend",
+	"hostnameOverride":                    "hostname-override",
+	"clientConnection.qps":                "kube-api-qps",
+	"clientConnection.burst":              "kube-api-burst",
+	"mode":                                "proxy-mode",
+	"iptables.masqueradeBit":              "iptables-masquerade-bit",
+	"iptables.syncPeriod":                 "iptables-sync-period",
+	"iptables.minSyncPeriod":              "iptables-min-sync-period",
+	"configSyncPeriod":                    "config-sync-period",
+	"clusterCIDR":                         "cluster-cidr",
+	"detectLocalMode":                     "detect-local-mode",
+	"detectLocal.bridgeInterface":         "pod-bridge-interface",
+	"detectLocal.interfaceNamePrefix":     "pod-interface-name-prefix",
+	"nodePortAddresses":                   "nodeport-addresses",
+	"bindAddress":                         "bind-address",
+	"healthzBindAddress":                  "healthz-bind-address",
+	"metricsBindAddress":                  "metrics-bind-address",
+	"showHiddenMetricsForVersion":         "show-hidden-metrics-for-version",
+	"oomScoreAdj":                         "oom-score-adj",
+	"conntrack.maxPerCore":                "conntrack-max-per-core",
+	"conntrack.min":                       "conntrack-min",
+	"conntrack.tcpEstablishedTimeout":     "conntrack-tcp-timeout-established",
+	"conntrack.tcpCloseWaitTimeout":       "conntrack-tcp-timeout-close-wait",
+	"conntrack.udpTimeout":                "conntrack-udp-timeout",
+	"conntrack.udpStreamTimeout":          "conntrack-udp-timeout-stream",
+	"featureGates":                        "feature-gates",
+	"iptablesBackend":                     "iptables-backend",
+	"logging.format":                      "logging-format",
+	"logging.flushFrequency":              "log-flush-frequency",
+	"logging.verbosity":                   "v",
+	"logging.vmodule":                     "vmodule",
+	"logging.options.text.splitStream":    "log-text-split-stream",
+	"logging.options.text.infoBufferSize": "log-text-info-buffer-size",
+	"logging.options.json.splitStream":    "log-json-split-stream",
+	"logging.options.json.infoBufferSize": "log-json-info-buffer-size",
 }
 
 // annotateWithFlags appends "(flag --name)" to errors whose value came from
@@ -357,7 +367,7 @@ func (o *Options) annotateWithFlags(errs field.ErrorList, fs *pflag.FlagSet, fro
 		if !ok {
 			continue
 		}
-		if fromFile && !(neverIgnoredFlags[name] && fs.Changed(name)) {
+		if fromFile && !(o.appliesWithConfig(name) && fs.Changed(name)) {
 			continue
 		}
 		e.Detail += " (flag --" + name + ")"

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/netip"
@@ -13,23 +14,20 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 
 	"github.com/kproxy-dev/kproxy/pkg/config"
 )
 
-// newFlags registers Options on a fresh flag set, parses args and restores
-// klog's global verbosity afterwards (-v and --vmodule write to it).
+// newFlags registers Options on a fresh flag set and parses args.
 func newFlags(t *testing.T, args ...string) (*Options, *pflag.FlagSet, error) {
 	t.Helper()
 	o := NewOptions()
 	fs := pflag.NewFlagSet("kproxy", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	o.AddFlags(fs)
-	t.Cleanup(func() {
-		_ = o.klogFlags.Set("v", "0")
-		_ = o.klogFlags.Set("vmodule", "")
-	})
 	return o, fs, fs.Parse(args)
 }
 
@@ -40,8 +38,14 @@ func complete(t *testing.T, args ...string) (*config.Config, *Options, *pflag.Fl
 	if err != nil {
 		t.Fatalf("parsing %v: %v", args, err)
 	}
-	c, err := o.Complete(fs)
+	_, ctx := ktesting.NewTestContext(t)
+	c, err := o.Complete(ctx, fs)
 	return c, o, fs, err
+}
+
+// vmodule renders a logging configuration's vmodule as the flag spells it.
+func vmodule(c *config.Config) string {
+	return logsapi.VModuleConfigurationPflag(&c.Logging.VModule).String()
 }
 
 // writeFile writes a config file into a temp dir and returns its path.
@@ -83,7 +87,7 @@ func TestDefaultsWithoutFlags(t *testing.T) {
 			TCPCloseWaitTimeout:   time.Hour,
 		},
 		FeatureGates:    map[string]bool{},
-		Logging:         config.LoggingConfig{Format: "text"},
+		Logging:         *logsapi.NewLoggingConfiguration(),
 		IPTablesBackend: "auto",
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -148,8 +152,14 @@ func TestFlagsWithoutConfig(t *testing.T) {
 			func(c *config.Config) bool { return c.SyncPeriod == 30*time.Second }},
 		{"bind address", []string{"--bind-address=fd00::1"}, func(c *config.Config) bool { return c.BindAddress == netip.MustParseAddr("fd00::1") }},
 		{"verbosity", []string{"-v=3", "--vmodule=proxier*=5"},
-			func(c *config.Config) bool { return c.Logging.Verbosity == 3 && c.Logging.VModule == "proxier*=5" }},
+			func(c *config.Config) bool { return c.Logging.Verbosity == 3 && vmodule(c) == "proxier*=5" }},
 		{"verbosity long form", []string{"--v=2"}, func(c *config.Config) bool { return c.Logging.Verbosity == 2 }},
+		{"json logging", []string{"--logging-format=json", "--log-flush-frequency=1s"},
+			func(c *config.Config) bool {
+				return c.Logging.Format == "json" && c.Logging.FlushFrequency.Duration.Duration == time.Second
+			}},
+		{"alpha logging option with its gate", []string{"--log-text-split-stream", "--feature-gates=LoggingAlphaOptions=true"},
+			func(c *config.Config) bool { return c.Logging.Options.Text.SplitStream }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,10 +194,18 @@ func TestCompleteErrors(t *testing.T) {
 			want: `invalid configuration: mode: Invalid value: "ipvs": kproxy only implements the iptables proxy mode; set it to "iptables" or leave it empty (flag --proxy-mode)`},
 		{name: "mode ipvs from file", file: header + "mode: ipvs\n",
 			want: `invalid configuration: mode: Invalid value: "ipvs": kproxy only implements the iptables proxy mode; set it to "iptables" or leave it empty`},
-		{name: "unknown field in file", file: header + "iptables:\n  masqueradeBits: 14\n",
-			want: `strict decoding failed: unknown field "iptables.masqueradeBits"`, sub: true},
+		{name: "malformed YAML in file", file: header + "iptables: [\n",
+			want: `invalid YAML`, sub: true},
 		{name: "wrong kind in file", file: "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: Foo\n",
 			want: `kind: Unsupported value: "Foo"`, sub: true},
+		{name: "unknown logging format from flag", args: []string{"--logging-format=xml"},
+			want: `invalid configuration: logging.format: Invalid value: "xml": Unsupported log format (flag --logging-format)`},
+		{name: "unknown logging format from flag with file", file: header, args: []string{"--logging-format=xml"},
+			want: `invalid configuration: logging.format: Invalid value: "xml": Unsupported log format (flag --logging-format)`},
+		{name: "unknown logging format in file", file: header + "logging:\n  format: xml\n",
+			want: `invalid configuration: logging.format: Invalid value: "xml": Unsupported log format`},
+		{name: "alpha logging option without its gate", args: []string{"--log-json-split-stream"},
+			want: `invalid configuration: logging.options.json.splitStream: Forbidden: Feature LoggingAlphaOptions is disabled (flag --log-json-split-stream)`},
 		{name: "min sync period above sync period", args: []string{"--iptables-min-sync-period=1m"},
 			want: `invalid configuration: iptables.syncPeriod: Invalid value: "30s": must be greater than or equal to iptables.minSyncPeriod (1m0s) (flag --iptables-sync-period)`},
 		{name: "negative sync period", args: []string{"--iptables-sync-period=-1s"},
@@ -237,9 +255,9 @@ func TestUnreadableConfigFileNamesPath(t *testing.T) {
 		t.Errorf("error %v should name --config and %s", err, missing)
 	}
 	// A file with an error names its path too.
-	bad := writeFile(t, header+"bogus: true\n")
+	bad := writeFile(t, header+"iptables:\n  masqueradeBit: fourteen\n")
 	_, _, _, err = complete(t, "--config="+bad)
-	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), `unknown field "bogus"`) {
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "iptables.masqueradeBit") {
 		t.Errorf("error %v should name %s and the field", err, bad)
 	}
 }
@@ -289,7 +307,7 @@ logging:
 			args: []string{"--config=" + file},
 			check: func(c *config.Config) bool {
 				return c.HostnameOverride == "file-node" && c.MasqueradeBit == 15 && c.SyncPeriod == 10*time.Second &&
-					c.Kubeconfig == "/from/file" && c.Logging.Verbosity == 4 && c.Logging.VModule == "rules*=6"
+					c.Kubeconfig == "/from/file" && c.Logging.Verbosity == 4 && vmodule(c) == "rules*=6" && c.Logging.Format == "text"
 			},
 		},
 		{
@@ -319,9 +337,10 @@ logging:
 		},
 		{
 			name: "logging flags override the file",
-			args: []string{"--config=" + file, "-v=2", "--vmodule=proxier*=9"},
+			args: []string{"--config=" + file, "-v=2", "--vmodule=proxier*=9", "--log-flush-frequency=2s"},
 			check: func(c *config.Config) bool {
-				return c.Logging.Verbosity == 2 && c.Logging.VModule == "proxier*=9,rules*=6"
+				return c.Logging.Verbosity == 2 && vmodule(c) == "proxier*=9,rules*=6" && c.Logging.Format == "text" &&
+					c.Logging.FlushFrequency.Duration.Duration == 2*time.Second
 			},
 		},
 	}
@@ -348,15 +367,16 @@ func TestIgnoredFlagsAreLoggedAsWarnings(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := o.klogFlags.Set("logtostderr", "false"); err != nil {
-		t.Fatal(err)
-	}
+	// A command run by another test may have installed component-base's logger,
+	// which would take klog's output away from buf.
+	klog.ClearLogger()
+	klog.LogToStderr(false)
 	klog.SetOutput(&buf)
 	t.Cleanup(func() {
 		klog.SetOutput(os.Stderr)
-		_ = o.klogFlags.Set("logtostderr", "true")
+		klog.LogToStderr(true)
 	})
-	if _, err := o.Complete(fs); err != nil {
+	if _, err := o.Complete(context.Background(), fs); err != nil {
 		t.Fatal(err)
 	}
 	klog.Flush()
@@ -406,20 +426,6 @@ func TestWriteConfigFile(t *testing.T) {
 
 	if err := NewOptions().WriteConfigFile(); err == nil {
 		t.Errorf("WriteConfigFile before Complete should fail")
-	}
-}
-
-func TestApplyLoggingFromFile(t *testing.T) {
-	file := writeFile(t, header+"logging:\n  verbosity: 5\n")
-	c, o, _, err := complete(t, "--config="+file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := o.ApplyLogging(c); err != nil {
-		t.Fatal(err)
-	}
-	if !klog.V(5).Enabled() || klog.V(6).Enabled() {
-		t.Errorf("klog verbosity not set to 5 from the file")
 	}
 }
 

@@ -42,8 +42,11 @@ without a cluster and without root. kube-proxy's flags (--cluster-cidr, --masque
 			if len(ro.files) == 0 {
 				return fmt.Errorf("render: -f is required")
 			}
-			cfg, err := proxyOpts.Complete(cmd.Flags())
+			cfg, err := proxyOpts.Complete(cmd.Context(), cmd.Flags())
 			if err != nil {
+				return err
+			}
+			if err := applyLogging(cfg, nil); err != nil {
 				return err
 			}
 			return render(cmd.OutOrStdout(), cmd.ErrOrStderr(), ro, cfg)

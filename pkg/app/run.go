@@ -16,8 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	v1 "k8s.io/api/core/v1"
+	apiversion "k8s.io/apimachinery/pkg/version"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/component-base/version"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -41,6 +43,7 @@ import (
 // privileged node setup, for DaemonSets that split setup into an init container.
 func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly bool) error {
 	logger := klog.FromContext(ctx)
+	logVersion(logger, version.Get())
 	warnInert(ctx, cfg)
 	if err := nodeSetup(ctx, cfg); err != nil {
 		return err
@@ -50,10 +53,10 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		return err
 	}
 	if initOnly {
-		if cfg.LocalhostNodePorts {
-			if err := nodesetup.EnableRouteLocalnet(ctx, nodesetup.NewProcSysctl(nodesetup.HostRoot)); err != nil {
-				return fmt.Errorf("enabling localhost node ports: %w", err)
-			}
+		// What the IPv4 proxier would set at start, decided the same way, so that the
+		// long-running process finds it done.
+		if err := ensureRouteLocalnet(ctx, cfg, nodesetup.NewProcSysctl(nodesetup.HostRoot)); err != nil {
+			return err
 		}
 		logger.Info("Node setup done; exiting because of --init-only")
 		return nil
@@ -82,6 +85,9 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 	if err := metrics.Register(registry); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
+	if err := registry.Register(metrics.NewBuildInfo(version.Get())); err != nil {
+		return fmt.Errorf("registering the build info metric: %w", err)
+	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registry.MustRegister(metrics.NewNFAcctCollector(nfacct.New(), nfacct.InvalidDropped, nfacct.LocalhostNodePortsAccepted))
 
@@ -108,14 +114,17 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 	for _, srv := range []struct {
 		what, addr string
 		handler    http.Handler
+		limits     healthcheck.Limits
 	}{
-		{"healthz", cfg.HealthzBindAddress, health.Handler()},
-		{"metrics", cfg.MetricsBindAddress, metrics.Handler(registry, config.ModeIPTables, cfg.EnableProfiling)},
+		{"healthz", cfg.HealthzBindAddress, health.Handler(), healthcheck.ProbeLimits()},
+		{"metrics", cfg.MetricsBindAddress, metrics.Handler(registry, config.ModeIPTables, cfg.EnableProfiling), metricsServerLimits},
 	} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveUntilDone(ctx, srv.what, cfg.BindAddressHardFail, restart, func() error { return healthcheck.Serve(ctx, srv.addr, srv.handler) })
+			serveUntilDone(ctx, srv.what, cfg.BindAddressHardFail, restart, func() error {
+				return healthcheck.Serve(ctx, srv.addr, srv.handler, srv.limits)
+			})
 		}()
 	}
 	if cfg.ConfigFile != "" {
@@ -146,16 +155,71 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 	return nil
 }
 
+// The metrics server's clients are Prometheus scrapers and, with --profiling, people
+// running pprof: fewer and slower than the probe servers' (healthcheck.ProbeLimits).
+var metricsServerLimits = healthcheck.Limits{
+	ReadHeaderTimeout: metricsReadHeaderTimeout,
+	ReadTimeout:       metricsReadTimeout,
+	WriteTimeout:      metricsWriteTimeout,
+	IdleTimeout:       metricsIdleTimeout,
+	MaxConns:          metricsMaxConns,
+}
+
+const (
+	// metricsReadHeaderTimeout and metricsReadTimeout: scrapes are GETs without a
+	// body, whose headers fit in one packet.
+	metricsReadHeaderTimeout = 5 * time.Second
+	metricsReadTimeout       = 10 * time.Second
+	// metricsWriteTimeout: a scrape is written in well under a second, but
+	// /debug/pprof/profile and /trace stream for ?seconds= (30 by default), and
+	// net/http/pprof refuses a duration at or beyond the server's WriteTimeout.
+	metricsWriteTimeout = 2 * time.Minute
+	// metricsIdleTimeout outlasts the common one-minute scrape interval, so a
+	// scraper keeps its connection between scrapes.
+	metricsIdleTimeout = 90 * time.Second
+	// metricsMaxConns: a node has a few scrapers (an HA Prometheus pair, an agent)
+	// and the odd person with curl or pprof.
+	metricsMaxConns = 64
+)
+
+// logVersion logs the build, as upstream does first thing, to help debugging.
+func logVersion(logger klog.Logger, info apiversion.Info) {
+	logger.Info("Version info", "version", info)
+	logger.Info("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
+}
+
 // warnInert says which accepted settings change nothing in kproxy, so an operator does
 // not wait for an effect that will not come.
 func warnInert(ctx context.Context, cfg *config.Config) {
 	logger := klog.FromContext(ctx)
 	for gate, on := range cfg.FeatureGates {
-		logger.Info("Warning: feature gates are accepted for compatibility but kproxy implements the behaviour of the default gates", "gate", gate, "value", on)
+		logger.Info("Warning: feature gates are accepted for compatibility but, apart from component-base's logging gates, kproxy implements the behaviour of the default gates",
+			"gate", gate, "value", on)
 	}
-	if cfg.Logging.Format != "" && cfg.Logging.Format != "text" {
-		logger.Info("Warning: only text logging is implemented", "requestedFormat", cfg.Logging.Format)
+}
+
+// routeLocalnetNeeded reports whether node ports answer on IPv4 loopback, which needs
+// route_localnet=1: localhost node ports are on and nodePortAddresses, if restricted,
+// includes 127.0.0.1 (upstream's rule). The node's IP does not change the answer (the
+// "primary" keyword never means a loopback address), so --init-only, which runs before
+// the Node object is read, decides as the daemon does. It equals RuleOptions'
+// LocalhostNodePorts for IPv4, which decides whether the rules accept such packets.
+func routeLocalnetNeeded(cfg *config.Config) bool {
+	return cfg.LocalhostNodePorts && localhostNodePortsAllowed(nodePortPrefixes(cfg.NodePortAddresses, v1.IPv4Protocol, netip.Addr{}))
+}
+
+// ensureRouteLocalnet sets route_localnet=1 when routeLocalnetNeeded says so; both the
+// IPv4 proxier's start and --init-only go through here.
+func ensureRouteLocalnet(ctx context.Context, cfg *config.Config, sysctl nodesetup.Sysctl) error {
+	if !routeLocalnetNeeded(cfg) {
+		return nil
 	}
+	// Localhost node ports need the kernel to route 127/8 packets off the host; the
+	// KUBE-FIREWALL rule keeps other hosts from abusing that (CVE-2020-8558).
+	if err := nodesetup.EnableRouteLocalnet(ctx, sysctl); err != nil {
+		return fmt.Errorf("enabling localhost node ports: %w", err)
+	}
+	return nil
 }
 
 // nftMaxChainsPerBatch splits large syncs on the nft backend, where iptables-restore
@@ -192,11 +256,9 @@ func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamil
 		return nil, err
 	}
 	sysctl := nodesetup.NewProcSysctl(nodesetup.HostRoot)
-	if family == v1.IPv4Protocol && opts.LocalhostNodePorts {
-		// Localhost node ports need the kernel to route 127/8 packets off the host; the
-		// KUBE-FIREWALL rule keeps other hosts from abusing that (CVE-2020-8558).
-		if err := nodesetup.EnableRouteLocalnet(ctx, sysctl); err != nil {
-			return nil, fmt.Errorf("enabling localhost node ports: %w", err)
+	if family == v1.IPv4Protocol {
+		if err := ensureRouteLocalnet(ctx, cfg, sysctl); err != nil {
+			return nil, err
 		}
 	}
 	// Read after the conntrack settings were applied: a liberal kernel accepts the

@@ -3,6 +3,8 @@ package config
 import (
 	"net/netip"
 	"time"
+
+	logsapi "k8s.io/component-base/logs/api/v1"
 )
 
 // Proxy modes. kproxy implements only iptables; the empty string is accepted
@@ -154,8 +156,9 @@ type Config struct {
 	// FeatureGates holds the feature gates as given; never nil.
 	FeatureGates map[string]bool
 
-	// Logging holds the effective logging settings.
-	Logging LoggingConfig
+	// Logging holds the effective logging settings, validated; applying them
+	// is left to the caller because it changes process-wide state.
+	Logging logsapi.LoggingConfiguration
 
 	// IPTablesBackend is one of the IPTablesBackend* constants. kproxy-only:
 	// it is not part of KubeProxyConfiguration and comes from a flag.
@@ -183,16 +186,4 @@ type ConntrackConfig struct {
 	UDPTimeout time.Duration
 	// UDPStreamTimeout is nf_conntrack_udp_timeout_stream.
 	UDPStreamTimeout time.Duration
-}
-
-// LoggingConfig holds the logging settings kproxy honours. Only klog's text
-// format is implemented; "json" is accepted for compatibility and kept so the
-// caller can warn about it.
-type LoggingConfig struct {
-	// Format is "" or "text" (the same) or "json".
-	Format string
-	// Verbosity is klog's -v level.
-	Verbosity uint32
-	// VModule is in klog's --vmodule syntax ("pattern=N,pattern=N").
-	VModule string
 }

@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/ptr"
 )
@@ -48,7 +49,7 @@ func defaultConfig() *Config {
 			TCPCloseWaitTimeout:   time.Hour,
 		},
 		FeatureGates:    map[string]bool{},
-		Logging:         LoggingConfig{Format: "text"},
+		Logging:         *logsapi.NewLoggingConfiguration(),
 		IPTablesBackend: "auto",
 	}
 }
@@ -205,6 +206,12 @@ func TestFromV1Alpha1Valid(t *testing.T) {
 		}, func(c *Config) bool { return c.SyncPeriod == 5*time.Second }},
 		{"log verbosity kept", func(c *v1alpha1.KubeProxyConfiguration) { c.Logging.Verbosity = 3 },
 			func(c *Config) bool { return c.Logging.Verbosity == 3 }},
+		{"json log format", func(c *v1alpha1.KubeProxyConfiguration) { c.Logging.Format = "json" },
+			func(c *Config) bool { return c.Logging.Format == "json" }},
+		{"alpha logging option with its gate", func(c *v1alpha1.KubeProxyConfiguration) {
+			c.Logging.Options.Text.SplitStream = true
+			c.FeatureGates = map[string]bool{"LoggingAlphaOptions": true, "SomeOtherGate": true}
+		}, func(c *Config) bool { return c.Logging.Options.Text.SplitStream }},
 		{"ipvs section ignored", func(c *v1alpha1.KubeProxyConfiguration) { c.IPVS.Scheduler = "bogus" },
 			func(*Config) bool { return true }},
 	}
@@ -295,7 +302,9 @@ func TestFromV1Alpha1Invalid(t *testing.T) {
 		{"bad hidden metrics version", func(c *v1alpha1.KubeProxyConfiguration) { c.ShowHiddenMetricsForVersion = "v1.36" },
 			`showHiddenMetricsForVersion: Invalid value: "v1.36": must be "<major>.<minor>" (e.g. "1.36") or empty`},
 		{"bad log format", func(c *v1alpha1.KubeProxyConfiguration) { c.Logging.Format = "xml" },
-			`logging.format: Unsupported value: "xml": supported values: "text", "json"`},
+			`logging.format: Invalid value: "xml": Unsupported log format`},
+		{"alpha logging option without its gate", func(c *v1alpha1.KubeProxyConfiguration) { c.Logging.Options.Text.SplitStream = true },
+			`logging.options.text.splitStream: Forbidden: Feature LoggingAlphaOptions is disabled`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -395,8 +404,13 @@ func TestLoadFileSamples(t *testing.T) {
 			UDPTimeout:            30 * time.Second,
 			UDPStreamTimeout:      2 * time.Minute,
 		},
-		FeatureGates:    map[string]bool{"SomeGate": true},
-		Logging:         LoggingConfig{Format: "text", Verbosity: 4, VModule: "proxier*=9"},
+		FeatureGates: map[string]bool{"SomeGate": true},
+		Logging: func() logsapi.LoggingConfiguration {
+			l := logsapi.NewLoggingConfiguration()
+			l.Verbosity = 4
+			l.VModule = logsapi.VModuleConfiguration{{FilePattern: "proxier*", Verbosity: 9}}
+			return *l
+		}(),
 		IPTablesBackend: "auto",
 	}
 
@@ -411,9 +425,9 @@ func TestLoadFileSamples(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
-			v1, err := LoadFile(filepath.Join("testdata", tc.file))
-			if err != nil {
-				t.Fatalf("LoadFile: %v", err)
+			v1, warning, err := LoadFile(filepath.Join("testdata", tc.file))
+			if err != nil || warning != nil {
+				t.Fatalf("LoadFile: warning %v, err %v", warning, err)
 			}
 			got, errs := FromV1Alpha1(v1)
 			if len(errs) > 0 {
@@ -429,34 +443,34 @@ func TestLoadFileSamples(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	const header = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 	tests := []struct {
-		name   string
-		data   string
-		want   string // substring of the error
-		strict bool   // a *StrictDecodingError is expected
+		name string
+		data string
+		want string // substring of the error
 	}{
-		{"unknown top-level field", header + "masqueradeBit: 14\n", `unknown field "masqueradeBit"`, true},
-		{"unknown nested field", header + "iptables:\n  masqueradeBits: 14\n", `unknown field "iptables.masqueradeBits"`, true},
-		{"field name case matters", header + "iptables:\n  MasqueradeBit: 14\n", `unknown field "iptables.MasqueradeBit"`, true},
-		{"duplicate YAML key", header + "mode: iptables\nmode: ipvs\n", `key "mode" already set`, false},
-		{"duplicate JSON key", `{"apiVersion":"kubeproxy.config.k8s.io/v1alpha1","kind":"KubeProxyConfiguration","mode":"","mode":"x"}`,
-			`duplicate field "mode"`, true},
 		{"wrong apiVersion", "apiVersion: kubeproxy.config.k8s.io/v1beta1\nkind: KubeProxyConfiguration\n",
-			`apiVersion: Unsupported value: "kubeproxy.config.k8s.io/v1beta1": must be "kubeproxy.config.k8s.io/v1alpha1"`, false},
-		{"missing apiVersion", "kind: KubeProxyConfiguration\n", `apiVersion: Unsupported value: ""`, false},
+			`apiVersion: Unsupported value: "kubeproxy.config.k8s.io/v1beta1": must be "kubeproxy.config.k8s.io/v1alpha1"`},
+		{"missing apiVersion", "kind: KubeProxyConfiguration\n", `apiVersion: Unsupported value: ""`},
 		{"wrong kind", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration\n",
-			`kind: Unsupported value: "KubeletConfiguration": must be "KubeProxyConfiguration"`, false},
-		{"empty file", "", "must be a YAML or JSON object", false},
-		{"not an object", "- a\n- b\n", "must be a YAML or JSON object", false},
+			`kind: Unsupported value: "KubeletConfiguration": must be "KubeProxyConfiguration"`},
+		{"wrong kind with an unknown field", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeletConfiguration\nbogus: 1\n",
+			`kind: Unsupported value: "KubeletConfiguration"`},
+		{"empty file", "", "must be a YAML or JSON object"},
+		{"not an object", "- a\n- b\n", "must be a YAML or JSON object"},
 		{"bad duration", header + "iptables:\n  syncPeriod: 30x\n",
-			`iptables.syncPeriod: Invalid value: "30x": must be a duration such as 30s, 1m or 2h45m`, false},
-		{"wrong type", header + "iptables:\n  masqueradeBit: fourteen\n", "iptables.masqueradeBit", false},
-		{"syntax error", header + "iptables: [\n", "invalid YAML", false},
+			`iptables.syncPeriod: Invalid value: "30x": must be a duration such as 30s, 1m or 2h45m`},
+		{"wrong type", header + "iptables:\n  masqueradeBit: fourteen\n", "iptables.masqueradeBit"},
+		{"malformed YAML", header + "iptables: [\n", "invalid YAML"},
+		{"malformed YAML with a duplicate key", header + "mode: a\nmode: b\niptables: [\n", "invalid YAML"},
+		{"malformed JSON", `{"apiVersion":"kubeproxy.config.k8s.io/v1alpha1","kind":"KubeProxyConfiguration",`, "must be a YAML or JSON object"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := Decode([]byte(tc.data))
+			c, warning, err := Decode([]byte(tc.data))
 			if err == nil {
-				t.Fatalf("want error containing %q, got config %+v", tc.want, c)
+				t.Fatalf("want error containing %q, got config %+v (warning %v)", tc.want, c, warning)
+			}
+			if c != nil || warning != nil {
+				t.Errorf("got a config or warning along with the error")
 			}
 			msg := err.Error()
 			if !strings.Contains(msg, tc.want) {
@@ -465,9 +479,63 @@ func TestDecodeErrors(t *testing.T) {
 			if strings.Contains(msg, "\n") {
 				t.Errorf("error spans lines: %q", msg)
 			}
-			var se *StrictDecodingError
-			if errors.As(err, &se) != tc.strict {
-				t.Errorf("errors.As(StrictDecodingError) = %v, want %v", !tc.strict, tc.strict)
+		})
+	}
+}
+
+// Upstream decodes strictly first and, when only unknown or duplicate fields
+// fail, logs them and uses the leniently decoded file; so must kproxy.
+func TestDecodeLenientWithWarning(t *testing.T) {
+	const header = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+	tests := []struct {
+		name  string
+		data  string
+		warn  []string // substrings of the warning, one per offending field
+		check func(c *v1alpha1.KubeProxyConfiguration) bool
+	}{
+		{"unknown top-level field", header + "masqueradeBit: 3\nclusterCIDR: 10.0.0.0/8\n", []string{`unknown field "masqueradeBit"`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool {
+				return c.ClusterCIDR == "10.0.0.0/8" && *c.IPTables.MasqueradeBit == 14
+			}},
+		{"unknown nested field", header + "iptables:\n  masqueradeBits: 3\n  masqueradeAll: true\n", []string{`unknown field "iptables.masqueradeBits"`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool {
+				return c.IPTables.MasqueradeAll && *c.IPTables.MasqueradeBit == 14
+			}},
+		{"field name case matters", header + "iptables:\n  MasqueradeBit: 3\n", []string{`unknown field "iptables.MasqueradeBit"`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool { return *c.IPTables.MasqueradeBit == 14 }},
+		{"several unknown fields", header + "bogus: 1\nconntrack:\n  maxPerCPU: 1\n", []string{`unknown field "bogus"`, `unknown field "conntrack.maxPerCPU"`},
+			func(*v1alpha1.KubeProxyConfiguration) bool { return true }},
+		{"duplicate YAML key, the last wins", header + "clusterCIDR: 10.1.0.0/16\nclusterCIDR: 10.2.0.0/16\n", []string{`key "clusterCIDR" already set`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool { return c.ClusterCIDR == "10.2.0.0/16" }},
+		{"duplicate YAML key and an unknown field", header + "mode: iptables\nmode: iptables\nbogus: 1\n", []string{`key "mode" already set`, `unknown field "bogus"`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool { return c.Mode == "iptables" }},
+		{"duplicate JSON key, the last wins", `{"apiVersion":"kubeproxy.config.k8s.io/v1alpha1","kind":"KubeProxyConfiguration","clusterCIDR":"10.1.0.0/16","clusterCIDR":"10.2.0.0/16"}`,
+			[]string{`duplicate field "clusterCIDR"`},
+			func(c *v1alpha1.KubeProxyConfiguration) bool { return c.ClusterCIDR == "10.2.0.0/16" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, warning, err := Decode([]byte(tc.data))
+			if err != nil {
+				t.Fatalf("Decode: %v, want the file used with a warning", err)
+			}
+			if warning == nil {
+				t.Fatalf("no warning for %q", tc.data)
+			}
+			msg := warning.Error()
+			if len(warning.Problems) != len(tc.warn) || !strings.HasPrefix(msg, "strict decoding error: ") || strings.Contains(msg, "\n") {
+				t.Errorf("warning %q: want one line listing %d problems", msg, len(tc.warn))
+			}
+			for _, w := range tc.warn {
+				if !strings.Contains(msg, w) {
+					t.Errorf("warning %q does not contain %q", msg, w)
+				}
+			}
+			if c.ConfigSyncPeriod.Duration != DefaultConfigSyncPeriod {
+				t.Errorf("leniently decoded config was not defaulted: %+v", c)
+			}
+			if !tc.check(c) {
+				t.Errorf("unexpected config: %+v", c)
 			}
 		})
 	}
@@ -477,16 +545,16 @@ func TestLoadFileErrorsNamePath(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.yaml")
 	bad := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(bad, []byte("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nbogus: 1\n"), 0o600); err != nil {
+	if err := os.WriteFile(bad, []byte("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: [\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{missing, bad} {
-		_, err := LoadFile(p)
+		_, _, err := LoadFile(p)
 		if err == nil || !strings.Contains(err.Error(), p) {
 			t.Errorf("LoadFile(%s) error %v does not name the path", p, err)
 		}
 	}
-	if _, err := LoadFile(missing); !errors.Is(err, os.ErrNotExist) {
+	if _, _, err := LoadFile(missing); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file error %v does not wrap os.ErrNotExist", err)
 	}
 }
@@ -494,7 +562,7 @@ func TestLoadFileErrorsNamePath(t *testing.T) {
 func TestMarshalRoundTrip(t *testing.T) {
 	for _, file := range []string{"minimal.yaml", "kubeadm.yaml", "full.yaml", "ipv6.json"} {
 		t.Run(file, func(t *testing.T) {
-			orig, err := LoadFile(filepath.Join("testdata", file))
+			orig, _, err := LoadFile(filepath.Join("testdata", file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -506,9 +574,9 @@ func TestMarshalRoundTrip(t *testing.T) {
 				!strings.Contains(string(out), "kind: KubeProxyConfiguration") {
 				t.Errorf("output lacks apiVersion/kind:\n%s", out)
 			}
-			back, err := Decode(out)
-			if err != nil {
-				t.Fatalf("re-decoding written config: %v\n%s", err, out)
+			back, warning, err := Decode(out)
+			if err != nil || warning != nil {
+				t.Fatalf("re-decoding written config: warning %v, err %v\n%s", warning, err, out)
 			}
 			c1, errs1 := FromV1Alpha1(orig)
 			c2, errs2 := FromV1Alpha1(back)

@@ -360,27 +360,6 @@ func validateFeatureGates(gates map[string]bool, fldPath *field.Path) field.Erro
 	return errs
 }
 
-func convertLogging(in *v1alpha1.KubeProxyConfiguration, fldPath *field.Path) (LoggingConfig, field.ErrorList) {
-	var errs field.ErrorList
-	out := LoggingConfig{Format: in.Logging.Format, Verbosity: uint32(in.Logging.Verbosity)}
-	switch out.Format {
-	case "", "text", "json":
-	default:
-		errs = append(errs, field.NotSupported(fldPath.Child("format"), out.Format, []string{"text", "json"}))
-	}
-	items := make([]string, 0, len(in.Logging.VModule))
-	for i, item := range in.Logging.VModule {
-		if item.FilePattern == "" || strings.ContainsAny(item.FilePattern, "=,") {
-			errs = append(errs, field.Invalid(fldPath.Child("vmodule").Index(i).Child("filePattern"), item.FilePattern,
-				"must be a non-empty file pattern without '=' or ','"))
-			continue
-		}
-		items = append(items, fmt.Sprintf("%s=%d", item.FilePattern, item.Verbosity))
-	}
-	out.VModule = strings.Join(items, ",")
-	return out, errs
-}
-
 // derefOr returns *p, or def when p is nil.
 func derefOr[T any](p *T, def T) T {
 	if p == nil {

@@ -7,13 +7,10 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/ptr"
 )
-
-// defaultLogFlushFrequency is component-base's logging default, applied so a
-// written-out config looks like the one upstream writes.
-const defaultLogFlushFrequency = 5 * time.Second
 
 // SetDefaults applies upstream's v1alpha1 defaulting to c in place: every
 // field left at its zero value (nil for pointers) gets upstream's default.
@@ -107,13 +104,7 @@ func SetDefaults(c *v1alpha1.KubeProxyConfiguration) {
 		c.FeatureGates = map[string]bool{}
 	}
 
-	if c.Logging.Format == "" {
-		c.Logging.Format = "text"
-	}
-	if c.Logging.FlushFrequency.Duration.Duration == 0 {
-		c.Logging.FlushFrequency.Duration.Duration = defaultLogFlushFrequency
-		c.Logging.FlushFrequency.SerializeAsString = true
-	}
+	logsapi.SetRecommendedLoggingConfiguration(&c.Logging)
 }
 
 // AppendPortIfNeeded returns addr with ":port" appended when addr is a bare

@@ -5,7 +5,7 @@
 // The data flow mirrors upstream kube-proxy so that existing config files and
 // command lines keep working unchanged:
 //
-//	file bytes --LoadFile/Decode--> v1alpha1 (strict, defaulted)
+//	file bytes --LoadFile/Decode--> v1alpha1 (defaulted) + unknown/duplicate fields as a warning
 //	flags      --pkg/app--------->  v1alpha1 (defaulted, then overwritten by flags)
 //	v1alpha1   --FromV1Alpha1---->  *Config + field.ErrorList
 //
@@ -16,9 +16,6 @@
 //
 // Deliberate differences from upstream:
 //
-//   - Decoding is strict: unknown or duplicate fields are errors. Upstream
-//     retries leniently and only logs; a typo in a config file then silently
-//     falls back to a default, which has cost users hours of debugging.
 //   - Only the iptables proxy mode is accepted; "ipvs" and "nftables" are
 //     rejected with an error instead of starting a proxier kproxy does not have.
 //   - Feature gate names are not checked against upstream's list (kproxy does

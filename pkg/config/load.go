@@ -23,79 +23,93 @@ const (
 	Kind = "KubeProxyConfiguration"
 )
 
-// StrictDecodingError reports unknown and duplicate fields found while
-// decoding a config file. Upstream only logs these and retries leniently;
-// kproxy refuses the file, because a misspelt field silently falling back to
-// its default is much harder to debug than a startup error.
+// StrictDecodingError lists the unknown and duplicate fields of a config
+// file. Like upstream, kproxy does not refuse such a file: Decode returns the
+// leniently decoded configuration together with this error as a warning, for
+// the caller to log. A field that a newer kubeadm writes, or a typo, must not
+// crash-loop every node of the cluster.
 type StrictDecodingError struct {
 	// Problems holds one entry per offending field, e.g.
 	// `unknown field "iptables.masqueradeBits"`.
 	Problems []string
 }
 
-// Error joins the problems into one line.
+// Error joins the problems into one line, worded as upstream's decoder words
+// them so that searches for upstream's log line find kproxy's too.
 func (e *StrictDecodingError) Error() string {
-	return "strict decoding failed: " + strings.Join(e.Problems, ", ")
+	return "strict decoding error: " + strings.Join(e.Problems, ", ")
 }
 
-// LoadFile reads the KubeProxyConfiguration file at path, decodes it strictly
-// (see Decode) and applies SetDefaults. Errors name the path.
-func LoadFile(path string) (*v1alpha1.KubeProxyConfiguration, error) {
+// LoadFile reads the KubeProxyConfiguration file at path and decodes it (see
+// Decode). Errors name the path; the warning, if any, does not, since the
+// caller knows which file it asked for.
+func LoadFile(path string) (*v1alpha1.KubeProxyConfiguration, *StrictDecodingError, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		// The *PathError already says which file and why.
-		return nil, fmt.Errorf("reading config file: %w", err)
+		return nil, nil, fmt.Errorf("reading config file: %w", err)
 	}
-	c, err := Decode(data)
+	c, warning, err := Decode(data)
 	if err != nil {
-		return nil, fmt.Errorf("config file %s: %w", path, err)
+		return nil, nil, fmt.Errorf("config file %s: %w", path, err)
 	}
-	return c, nil
+	return c, warning, nil
 }
 
 // Decode decodes a YAML or JSON KubeProxyConfiguration and applies
 // SetDefaults. It requires apiVersion kubeproxy.config.k8s.io/v1alpha1 and
 // kind KubeProxyConfiguration and matches field names case-sensitively.
-// Unknown fields (and duplicate fields in JSON) are reported as a
-// *StrictDecodingError; duplicate keys in YAML are already refused by the YAML
-// parser, whose error names the key and line. Returned errors are one line.
-func Decode(data []byte) (*v1alpha1.KubeProxyConfiguration, error) {
+//
+// Decoding follows upstream's two passes: strict first, and when the only
+// problems are unknown or duplicate fields, the file is used as a lenient
+// decoder reads it (unknown fields dropped, the last of duplicate fields
+// wins) and those problems are returned as a non-nil warning. Malformed
+// YAML or JSON, a wrong apiVersion or kind and values of the wrong type stay
+// errors. Returned errors and warnings are one line.
+func Decode(data []byte) (*v1alpha1.KubeProxyConfiguration, *StrictDecodingError, error) {
+	var problems []string
 	jsonData := data
 	if !looksLikeJSON(data) {
-		var err error
-		// YAMLToJSONStrict rejects duplicate keys, which a plain YAML to
-		// JSON conversion would silently collapse to the last one.
-		jsonData, err = yaml.YAMLToJSONStrict(data)
-		if err != nil {
-			return nil, fmt.Errorf("invalid YAML: %w", singleLine{err})
+		var strictErr error
+		// YAMLToJSONStrict catches duplicate keys, which the plain
+		// conversion silently collapses to the last one.
+		jsonData, strictErr = yaml.YAMLToJSONStrict(data)
+		if strictErr != nil {
+			var err error
+			jsonData, err = yaml.YAMLToJSON(data)
+			if err != nil {
+				return nil, nil, fmt.Errorf("invalid YAML: %w", singleLine{err})
+			}
+			problems = append(problems, oneLine(strictErr.Error()))
 		}
 	}
 
 	var generic map[string]any
 	if err := json.Unmarshal(jsonData, &generic); err != nil || generic == nil {
-		return nil, errors.New("must be a YAML or JSON object with apiVersion and kind")
+		return nil, nil, errors.New("must be a YAML or JSON object with apiVersion and kind")
 	}
 	if err := checkTypeMeta(generic); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if errs := checkDurations(generic); len(errs) > 0 {
-		return nil, errors.New(JoinFieldErrors(errs))
+		return nil, nil, errors.New(JoinFieldErrors(errs))
 	}
 
 	c := &v1alpha1.KubeProxyConfiguration{}
+	// The strict checks do not change what is decoded: c holds what a lenient
+	// decoder would produce, whatever strictErrs says.
 	strictErrs, err := kjson.UnmarshalStrict(jsonData, c)
 	if err != nil {
-		return nil, fmt.Errorf("decoding: %w", singleLine{err})
+		return nil, nil, fmt.Errorf("decoding: %w", singleLine{err})
 	}
-	if len(strictErrs) > 0 {
-		se := &StrictDecodingError{}
-		for _, e := range strictErrs {
-			se.Problems = append(se.Problems, e.Error())
-		}
-		return nil, se
+	for _, e := range strictErrs {
+		problems = append(problems, e.Error())
 	}
 	SetDefaults(c)
-	return c, nil
+	if len(problems) == 0 {
+		return c, nil, nil
+	}
+	return c, &StrictDecodingError{Problems: problems}, nil
 }
 
 // Marshal returns c as a YAML KubeProxyConfiguration document (apiVersion and

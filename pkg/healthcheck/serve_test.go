@@ -13,13 +13,13 @@ import (
 const guard = 5 * time.Second
 
 func TestServeDisabled(t *testing.T) {
-	if err := Serve(context.Background(), "", http.NotFoundHandler()); err != nil {
+	if err := Serve(context.Background(), "", http.NotFoundHandler(), ProbeLimits()); err != nil {
 		t.Fatalf("Serve with an empty address: %v, want nil", err)
 	}
 }
 
 func TestServeBadAddress(t *testing.T) {
-	if err := Serve(context.Background(), "127.0.0.1:notaport", http.NotFoundHandler()); err == nil {
+	if err := Serve(context.Background(), "127.0.0.1:notaport", http.NotFoundHandler(), ProbeLimits()); err == nil {
 		t.Fatalf("Serve with an invalid address returned nil")
 	}
 }
@@ -30,7 +30,7 @@ func TestServeAddressInUse(t *testing.T) {
 		t.Fatalf("listen: %v", err)
 	}
 	defer ln.Close()
-	if err := Serve(context.Background(), ln.Addr().String(), http.NotFoundHandler()); err == nil {
+	if err := Serve(context.Background(), ln.Addr().String(), http.NotFoundHandler(), ProbeLimits()); err == nil {
 		t.Fatalf("Serve on a port already in use returned nil")
 	}
 }
@@ -48,7 +48,7 @@ func TestServeUntilCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, ln, h) }()
+	go func() { done <- serve(ctx, ln, h, ProbeLimits()) }()
 
 	// The listener is open before serve starts, so the request cannot race
 	// the server's start-up.

@@ -52,6 +52,9 @@ type ServiceHealthServer struct {
 	addrs  []netip.Addr
 	proxy  *ProxyHealth
 	listen func(network, addr string) (net.Listener, error)
+	// limits apply to each listener: load balancers probe these ports from
+	// outside the cluster, so they are the most exposed servers kproxy runs.
+	limits Limits
 
 	// syncMu serialises SyncServices and Close, which may block on
 	// listening and closing; request handlers never take it.
@@ -104,6 +107,7 @@ func NewServiceHealthServer(family v1.IPFamily, addrs []netip.Addr, proxy *Proxy
 		addrs:    familyAddrs(family, addrs),
 		proxy:    proxy,
 		listen:   listen,
+		limits:   ProbeLimits(),
 		services: map[types.NamespacedName]*serviceListeners{},
 		counts:   map[types.NamespacedName]int{},
 	}
@@ -198,12 +202,12 @@ func (s *ServiceHealthServer) open(logger klog.Logger, nsn types.NamespacedName,
 	// Requests outlive the SyncServices call; they get its logger but not
 	// its cancellation.
 	baseCtx := klog.NewContext(context.Background(), logger.WithValues("service", nsn))
-	for _, ln := range sl.listeners {
-		srv := &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: readHeaderTimeout,
-			BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		}
+	for i, raw := range sl.listeners {
+		srv, ln := newServer(raw, h, s.limits)
+		srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
+		// close must close what Serve accepts on, so that an Accept waiting
+		// for a free connection slot returns too.
+		sl.listeners[i] = ln
 		sl.servers = append(sl.servers, srv)
 		sl.running.Go(func() {
 			err := srv.Serve(ln)

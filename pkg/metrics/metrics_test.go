@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/version"
 )
 
 // touchAll gives every vector a child so that it appears in a scrape; an
@@ -230,6 +231,22 @@ func TestNFAcctCollector(t *testing.T) {
 kubeproxy_iptables_ct_state_invalid_dropped_packets_total 7
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestBuildInfo(t *testing.T) {
+	info := version.Info{Major: "1", Minor: "37", GitVersion: "v1.37.2+kproxy", GitCommit: "abc123", GitTreeState: "clean",
+		BuildDate: "2026-01-02T03:04:05Z", GoVersion: "go1.26.8", Compiler: "gc", Platform: "linux/amd64"}
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(NewBuildInfo(info)); err != nil {
+		t.Fatal(err)
+	}
+	want := `# HELP kubernetes_build_info A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running.
+# TYPE kubernetes_build_info gauge
+kubernetes_build_info{build_date="2026-01-02T03:04:05Z",compiler="gc",git_commit="abc123",git_tree_state="clean",git_version="v1.37.2+kproxy",go_version="go1.26.8",major="1",minor="37",platform="linux/amd64"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kubernetes_build_info"); err != nil {
 		t.Error(err)
 	}
 }
