@@ -14,13 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-[ "$(id -u)" -eq 0 ] || { echo "diff: needs root (the cluster lives in network namespaces)" >&2; exit 1; }
-
-hack/install-deps.sh
-hack/install-e2e-deps.sh
-hack/build.sh
-hack/build-e2e.sh
-hack/build-tools.sh
+hack/prepare-e2e.sh diff
 
 cleanup() {
   if [ -d "${TMPDIR:-/tmp}/kproxy-cluster/kpxdiff" ]; then

@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# make e2e: builds kproxy, the e2e helpers and the control plane (hack/build-tools.sh:
-# about 15 minutes the first time, cached after), then runs test/e2e against real
-# kube-apiserver, etcd and kube-controller-manager in network namespaces. Needs root.
+# make e2e: builds kproxy, the e2e helpers, the control plane and upstream kube-proxy
+# (hack/prepare-e2e.sh; about 25 minutes the first time, cached after), then runs test/e2e
+# against real kube-apiserver, etcd and kube-controller-manager in network namespaces.
+# Needs root.
 # Arguments go to go test (e.g. hack/e2e.sh -run Smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-[ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (the clusters live in network namespaces)" >&2; exit 1; }
-
-hack/install-deps.sh
-hack/install-e2e-deps.sh
-hack/build.sh
-hack/build-e2e.sh
-hack/build-tools.sh
+hack/prepare-e2e.sh e2e
 
 # A go test killed by its timeout runs no cleanup: tear down what it may have left.
 cleanup() {
