@@ -10,15 +10,17 @@
 #   KPROXY_DIFF_STEPS=6        steps per sequence
 #   KPROXY_DIFF_SEED=1         first seed; a failure prints the seed and step to rerun
 #   KPROXY_DIFF_BACKENDS=legacy,nft
+#   KPROXY_DIFF_CLUSTER=kpxdiff  the test cluster's name (two runs at once need two)
 # Arguments go to go test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 hack/prepare-e2e.sh diff
 
+export KPROXY_DIFF_CLUSTER=${KPROXY_DIFF_CLUSTER:-kpxdiff}
 cleanup() {
-  if [ -d "${TMPDIR:-/tmp}/kproxy-cluster/kpxdiff" ]; then
-    CLUSTER_NAME=kpxdiff hack/cluster-down.sh || true
+  if [ -d "${TMPDIR:-/tmp}/kproxy-cluster/$KPROXY_DIFF_CLUSTER" ]; then
+    CLUSTER_NAME=$KPROXY_DIFF_CLUSTER hack/cluster-down.sh || true
   fi
 }
 trap cleanup EXIT

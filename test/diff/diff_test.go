@@ -40,7 +40,11 @@ const settleTimeout = 30 * time.Second
 // after which kproxy's rules differ from upstream kube-proxy's, printing the seed, the step
 // and the differing lines.
 func TestDifferential(t *testing.T) {
-	c := framework.Up(t, framework.Options{Name: "kpxdiff", Nodes: 2, PodsPerNode: 1, NoKProxy: true})
+	name := os.Getenv("KPROXY_DIFF_CLUSTER")
+	if name == "" {
+		name = "kpxdiff"
+	}
+	c := framework.Up(t, framework.Options{Name: name, Nodes: 2, PodsPerNode: 1, NoKProxy: true})
 	upstreamBin := filepath.Join(c.RepoRoot, "_output", "tools", "bin", "kube-proxy")
 	if _, err := os.Stat(upstreamBin); err != nil {
 		t.Fatalf("no upstream kube-proxy (hack/build-tools.sh builds it): %v", err)
