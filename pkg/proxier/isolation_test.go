@@ -137,6 +137,9 @@ func TestDriftForcesFullSync(t *testing.T) {
 			c := tb["filter"].Chains
 			c[rules.ChainForward] = append([]rulestest.Rule{{"-j", "ACCEPT"}}, c[rules.ChainForward]...)
 		},
+		"nat OUTPUT jump deleted": func(tb rulestest.Tables) {
+			tb["nat"].Chains["OUTPUT"] = nil
+		},
 		"service chain flushed": func(tb rulestest.Tables) {
 			for c := range tb["nat"].Chains {
 				if strings.HasPrefix(c, "KUBE-SEP-") {

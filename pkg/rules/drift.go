@@ -23,8 +23,15 @@ import (
 //
 // It does not compare rule text: kernels print rules in their own canonical form.
 func (s *State) Drift(table string, save []byte) []string {
-	rulesIn, exists := parseSave(save)
+	rulesIn, exists, builtin := parseSave(save)
 	var out []string
+	// The jumps into our chains: a flush that races a full sync can leave one missing
+	// while the PREROUTING jump the flush monitor watches is back.
+	for _, j := range BuiltinJumps() {
+		if j.Table == table && !slices.ContainsFunc(builtin[j.From], j.matches) {
+			out = append(out, fmt.Sprintf("%s %s: no jump to %s", table, j.From, j.To))
+		}
+	}
 	// The fixed chains too: upstream rewrites them on every sync, kproxy only on full ones.
 	fixed := &renderer{opts: s.opts}
 	want := map[string]int{}
@@ -85,10 +92,10 @@ func (s *State) Drift(table string, save []byte) []string {
 	return out
 }
 
-// parseSave counts the rules of each chain in iptables-save output and lists the chains
-// it declares.
-func parseSave(save []byte) (rulesIn map[string]int, exists map[string]bool) {
-	rulesIn, exists = map[string]int{}, map[string]bool{}
+// parseSave counts the rules of each chain in iptables-save output, lists the chains it
+// declares, and returns the rules of the built-in chains (the text after "-A CHAIN ").
+func parseSave(save []byte) (rulesIn map[string]int, exists map[string]bool, builtin map[string][]string) {
+	rulesIn, exists, builtin = map[string]int{}, map[string]bool{}, map[string][]string{}
 	sc := bufio.NewScanner(bytes.NewReader(save))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
@@ -98,11 +105,29 @@ func parseSave(save []byte) (rulesIn map[string]int, exists map[string]bool) {
 			name, _, _ := bytes.Cut(line[1:], []byte{' '})
 			exists[string(name)] = true
 		case bytes.HasPrefix(line, []byte("-A ")):
-			name, _, _ := bytes.Cut(line[3:], []byte{' '})
+			name, rule, _ := bytes.Cut(line[3:], []byte{' '})
 			rulesIn[string(name)]++
+			if builtinChains[string(name)] {
+				builtin[string(name)] = append(builtin[string(name)], string(rule))
+			}
 		}
 	}
-	return rulesIn, exists
+	return rulesIn, exists, builtin
+}
+
+var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true}
+
+// matches reports whether a rule as iptables-save prints it (after "-A CHAIN ") is this
+// jump: same target and comment. The kernel prints matches in its own order and quoting,
+// so the rest is not compared.
+func (j Jump) matches(rule string) bool {
+	if !strings.HasSuffix(" "+rule, " -j "+j.To) {
+		return false
+	}
+	if i := slices.Index(j.Args, "--comment"); i >= 0 && i+1 < len(j.Args) {
+		return strings.Contains(rule, j.Args[i+1])
+	}
+	return true
 }
 
 // Culprit names the Service a payload line belongs to, so that a line iptables-restore

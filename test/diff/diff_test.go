@@ -129,9 +129,6 @@ func TestDifferential(t *testing.T) {
 			if r.drifts >= 5 && r.unequalReads == 0 {
 				t.Errorf("%d drift injections and not one read in which the rules differed: the comparison does not see the kernel's rules", r.drifts)
 			}
-			for _, f := range r.fromScratch {
-				t.Logf("%s: compared against a fresh upstream: %s", backend, f)
-			}
 			t.Logf("%s: %d settled comparisons (%d objects written, refused by the API server: %v), %d drift injections %v, rules compared each time up to %d lines, %d unequal reads before settling, %d relabel steps and %d others compared against a fresh upstream; 0 differing lines after settling",
 				backend, r.compared, r.a.applied, r.a.refused, r.drifts, r.driftKinds, r.maxLines, r.unequalReads, r.upstreamRestarts, len(r.fromScratch))
 		})
@@ -238,6 +235,7 @@ func (r *run) settle(where string) {
 				// across a switch into or out of large-cluster mode, a relabelled slice
 				// its old service): ask a fresh one.
 				r.fromScratch = append(r.fromScratch, fmt.Sprintf("%s: %s", where, strings.Join(firstLines(LineDiff(want, got), 2), " | ")))
+				r.t.Logf("%s: no agreement after %s; asking a fresh upstream. Differing lines: %s", where, suspectAfter, strings.Join(firstLines(LineDiff(want, got), 6), " | "))
 				if err := r.up.restart(r.ctx); err != nil {
 					r.t.Fatalf("%s: restarting upstream: %v", where, err)
 				}
