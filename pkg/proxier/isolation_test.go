@@ -259,16 +259,7 @@ func TestNFAcctRulesFollowCounters(t *testing.T) {
 // of the differential test found kproxy blaming, and so dropping, such a Service.)
 func TestPartialSyncOnDriftIsNotBlamedOnTheService(t *testing.T) {
 	ctx := context.Background()
-	p, ipt := newTestProxier(t)
-	p.OnServiceAdd(testService("a", "172.30.0.1", 80))
-	p.OnServiceAdd(testService("b", "172.30.0.2", 80))
-	p.OnEndpointSliceAdd(testSlice("a", "10.1.0.1"))
-	p.OnEndpointSliceAdd(testSlice("b", "10.1.0.2"))
-	p.OnServicesSynced()
-	p.OnEndpointSlicesSynced()
-	if err := p.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p, ipt := syncedTwoServices(t)
 	tables := ipt.Tables()
 	var kept []rulestest.Rule
 	for _, r := range tables["nat"].Chains[rules.ChainServices] {

@@ -90,18 +90,26 @@ func TestNoSyncBeforeBothListsAreDone(t *testing.T) {
 	}
 }
 
-func TestSyncProgramsAndPartialSyncsTouchOnlyChangedServices(t *testing.T) {
+// syncedTwoServices returns a proxier that has synced services a (172.30.0.1:80 ->
+// 10.1.0.1) and b (172.30.0.2:80 -> 10.1.0.2) onto its fake.
+func syncedTwoServices(t *testing.T) (*Proxier, *fake.Fake) {
+	t.Helper()
 	p, ipt := newTestProxier(t)
-	ctx := context.Background()
 	p.OnServiceAdd(testService("a", "172.30.0.1", 80))
 	p.OnServiceAdd(testService("b", "172.30.0.2", 80))
 	p.OnEndpointSliceAdd(testSlice("a", "10.1.0.1"))
 	p.OnEndpointSliceAdd(testSlice("b", "10.1.0.2"))
 	p.OnServicesSynced()
 	p.OnEndpointSlicesSynced()
-	if err := p.Sync(ctx); err != nil {
+	if err := p.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return p, ipt
+}
+
+func TestSyncProgramsAndPartialSyncsTouchOnlyChangedServices(t *testing.T) {
+	p, ipt := syncedTwoServices(t)
+	ctx := context.Background()
 	if got := trace(t, ipt, "172.30.0.1", 80); got != "endpoints=10.1.0.1:8080 masq=false verdict=ACCEPT" {
 		t.Errorf("service a: %s", got)
 	}
