@@ -84,9 +84,6 @@ type Proxier struct {
 	// Sync state, touched only by the runner's goroutine.
 	needFullSync bool
 	lastFullSync time.Time
-	// state is what the last successful sync rendered, which the kernel now holds; an
-	// incremental sync edits it. nil forces a full sync.
-	state *rules.State
 	// largeCluster is the previous sync's large-cluster mode: it skips the hourly full
 	// sync.
 	largeCluster bool
@@ -100,9 +97,11 @@ type Proxier struct {
 	// blamed; they are left out of every sync until they change.
 	rejected map[types.NamespacedName]string
 
-	// applied is the state the kernel holds, for the drift check: nil while a restore
-	// runs or after a failed one. restores counts restores started, so that a drift
-	// check that overlapped one is discarded.
+	// applied is what the last successful sync rendered, which the kernel now holds: an
+	// incremental sync edits it, and the drift check (its own goroutine, hence atomic)
+	// compares the kernel with it. nil while a restore runs or after a failed one, which
+	// forces a full sync. restores counts restores started, so that a drift check that
+	// overlapped one is discarded.
 	applied  atomic.Pointer[rules.State]
 	restores atomic.Uint64
 }
@@ -279,7 +278,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		if full {
 			req.ExistingNATChains = p.existingChains(ctx)
 		} else {
-			req.Previous, req.Partial = p.state, true
+			req.Previous, req.Partial = p.applied.Load(), true
 		}
 		rs = rules.Render(req, p.rulesOpts)
 		err := p.restore(ctx, rs, full)
@@ -321,7 +320,6 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if full {
 		p.lastFullSync = now
 	}
-	p.state = rs.State
 	p.applied.Store(rs.State)
 	p.largeCluster = rs.LargeCluster
 

@@ -26,7 +26,6 @@ const ReasonRejectedByKernel = "rejected_by_kernel"
 func (p *Proxier) restore(ctx context.Context, rs *rules.Ruleset, full bool) error {
 	logger := klog.FromContext(ctx)
 	// Until every batch is applied, the kernel holds neither the old state nor the new.
-	p.state = nil
 	p.applied.Store(nil)
 	p.restores.Add(1)
 	if len(rs.Batches) == 0 {

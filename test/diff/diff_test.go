@@ -81,7 +81,7 @@ func TestDifferential(t *testing.T) {
 		MaxServices: 12,
 	}
 	kproxyBin := filepath.Join(c.RepoRoot, "bin", "kproxy")
-	repoOutput = filepath.Join(c.RepoRoot, "_output", "diff")
+	output := filepath.Join(c.RepoRoot, "_output", "diff")
 
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
@@ -97,7 +97,7 @@ func TestDifferential(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			r := &run{t: t, ctx: ctx, kp: kp, up: up, a: &applier{client: c.Client, refused: map[string]int{}}}
+			r := &run{t: t, ctx: ctx, output: output, kp: kp, up: up, a: &applier{client: c.Client, refused: map[string]int{}}}
 			// Whatever an earlier backend's failed run left behind goes first.
 			r.clear(append(namespaces, corpusNS...), "start")
 
@@ -135,13 +135,12 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
-// repoOutput is where runs leave files for people: _output/diff in the checkout.
-var repoOutput string
-
 // run is one backend's run.
 type run struct {
-	t          *testing.T
-	ctx        context.Context
+	t   *testing.T
+	ctx context.Context
+	// output is where the run leaves files for people: _output/diff in the checkout.
+	output     string
 	kp, up     *proxy
 	a          *applier
 	compared   int
@@ -159,7 +158,7 @@ type run struct {
 
 // keep writes a file under _output/diff for a person to look at.
 func (r *run) keep(name, content string) {
-	out := filepath.Join(repoOutput, r.kp.backend+"-"+name)
+	out := filepath.Join(r.output, r.kp.backend+"-"+name)
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err == nil {
 		_ = os.WriteFile(out, []byte(content), 0o644)
 	}
