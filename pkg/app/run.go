@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	v1 "k8s.io/api/core/v1"
 	apiversion "k8s.io/apimachinery/pkg/version"
 	"k8s.io/client-go/kubernetes"
@@ -81,15 +79,10 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 
 	clk := clock.RealClock{}
 	health := healthcheck.NewProxyHealth(2*cfg.SyncPeriod, clk)
-	registry := prometheus.NewRegistry()
-	if err := metrics.Register(registry); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
+	gatherer, err := metrics.NewGatherer(metrics.NewNFAcctCollector(nfacct.New(), nfacct.InvalidDropped, nfacct.LocalhostNodePortsAccepted))
+	if err != nil {
+		return err
 	}
-	if err := registry.Register(metrics.NewBuildInfo(version.Get())); err != nil {
-		return fmt.Errorf("registering the build info metric: %w", err)
-	}
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registry.MustRegister(metrics.NewNFAcctCollector(nfacct.New(), nfacct.InvalidDropped, nfacct.LocalhostNodePortsAccepted))
 
 	ctx, restart := context.WithCancelCause(ctx)
 	defer restart(nil)
@@ -117,7 +110,7 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		limits     healthcheck.Limits
 	}{
 		{"healthz", cfg.HealthzBindAddress, health.Handler(), healthcheck.ProbeLimits()},
-		{"metrics", cfg.MetricsBindAddress, metrics.Handler(registry, config.ModeIPTables, cfg.EnableProfiling), metricsServerLimits},
+		{"metrics", cfg.MetricsBindAddress, metrics.Handler(gatherer, config.ModeIPTables, cfg.EnableProfiling), metricsServerLimits},
 	} {
 		wg.Add(1)
 		go func() {

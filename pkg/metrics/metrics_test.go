@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"k8s.io/apimachinery/pkg/version"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // touchAll gives every vector a child so that it appears in a scrape; an
@@ -235,18 +238,39 @@ kubeproxy_iptables_ct_state_invalid_dropped_packets_total 7
 	}
 }
 
-func TestBuildInfo(t *testing.T) {
-	info := version.Info{Major: "1", Minor: "37", GitVersion: "v1.37.2+kproxy", GitCommit: "abc123", GitTreeState: "clean",
-		BuildDate: "2026-01-02T03:04:05Z", GoVersion: "go1.26.8", Compiler: "gc", Platform: "linux/amd64"}
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(NewBuildInfo(info)); err != nil {
+// TestGathererServesUpstreamsExtras: besides kproxy's own metrics, /metrics has what
+// upstream kube-proxy gets from component-base: the build info, process and Go metrics, and
+// client-go's request metrics once a request was made.
+func TestGathererServesUpstreamsExtras(t *testing.T) {
+	g, err := NewGatherer(NewNFAcctCollector(fakeCounters{"invalid": 1}, "invalid", "localhost"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	want := `# HELP kubernetes_build_info A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running.
-# TYPE kubernetes_build_info gauge
-kubernetes_build_info{build_date="2026-01-02T03:04:05Z",compiler="gc",git_commit="abc123",git_tree_state="clean",git_version="v1.37.2+kproxy",go_version="go1.26.8",major="1",minor="37",platform="linux/amd64"} 1
-`
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kubernetes_build_info"); err != nil {
-		t.Error(err)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"kind":"NodeList","apiVersion":"v1","items":[]}`))
+	}))
+	defer srv.Close()
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, f := range families {
+		got[f.GetName()] = true
+	}
+	for _, name := range []string{"kubernetes_build_info", "process_resident_memory_bytes", "go_goroutines",
+		"rest_client_requests_total", "rest_client_request_duration_seconds",
+		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total", "kubeproxy_sync_proxy_rules_endpoint_changes_total"} {
+		if !got[name] {
+			t.Errorf("%s not gathered", name)
+		}
 	}
 }
