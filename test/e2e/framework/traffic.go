@@ -184,7 +184,7 @@ func first(errs []error) error {
 }
 
 // Metrics returns kproxy's metrics text on node, read from its metrics address
-// (127.0.0.1:10249 in the node's namespace, as configured in deploy/).
+// (on 127.0.0.1:10249 in the node's namespace; deploy/ binds it to every address).
 func (c *Cluster) Metrics(ctx context.Context, node string) (string, error) {
 	return c.get(ctx, c.Node(node).NetNS, "127.0.0.1:10249", "/metrics")
 }
