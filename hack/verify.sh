@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Static checks: formatting, go vet, tidy modules, and the house rule that product code
-# never imports k8s.io/kubernetes.
+# Static checks: formatting, go vet, tidy modules, the house rule that product code never
+# imports k8s.io/kubernetes, and deploy/monitoring's alerts and dashboard (promtool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -23,4 +23,5 @@ if ! cmp -s go.mod /tmp/kproxy-go.mod.bak || ! cmp -s go.sum /tmp/kproxy-go.sum.
   echo "verify: go.mod/go.sum are not tidy; run go mod tidy" >&2
   exit 1
 fi
+hack/check-monitoring.sh
 echo "verify: ok"

@@ -70,6 +70,7 @@ func TestDefaultsWithoutFlags(t *testing.T) {
 		Burst:              10,
 		ContentType:        "application/vnd.kubernetes.protobuf",
 		Mode:               "iptables",
+		ModeDefaulted:      true,
 		DetectLocalMode:    "ClusterCIDR",
 		MasqueradeBit:      14,
 		LocalhostNodePorts: true,

@@ -70,12 +70,6 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 	}
 	logger = logger.WithValues("node", name)
 	ctx = klog.NewContext(ctx, logger)
-	nodeCIDRMode := cfg.DetectLocalMode == config.DetectLocalNodeCIDR
-	node, err := waitForNode(ctx, client, name, nodeCIDRMode)
-	if err != nil {
-		return err
-	}
-	ips := nodeIPs(node)
 
 	clk := clock.RealClock{}
 	health := healthcheck.NewProxyHealth(2*cfg.SyncPeriod, clk)
@@ -83,27 +77,19 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 	if err != nil {
 		return err
 	}
-
 	ctx, restart := context.WithCancelCause(ctx)
-	defer restart(nil)
 	var wg sync.WaitGroup
-	var proxiers []*proxier.Proxier
-	for i, family := range proxiedFamilies(cfg, ips) {
-		ipt, err := iptables.New(family, backend, iptables.DefaultWait)
-		if err != nil {
-			if i == 0 {
-				return fmt.Errorf("primary IP family %s: %w", family, err)
-			}
-			logger.Info("Not proxying the secondary IP family", "ipFamily", family, "reason", err.Error())
-			continue
-		}
-		p, err := newFamilyProxier(ctx, cfg, family, ipt, node, ips[family], health, clk, &wg)
-		if err != nil {
-			return err
-		}
-		proxiers = append(proxiers, p)
+	defer func() {
+		restart(nil)
+		wg.Wait()
+	}()
+	recorder := startEvents(ctx, client)
+	if cfg.ModeDefaulted {
+		logger.Error(nil, defaultModeMessage)
+		recorder.Eventf(nodeRef(name), nil, v1.EventTypeWarning, eventReasonDefaultMode, eventActionStart, defaultModeMessage)
 	}
-
+	// The probes answer before anything waits on the API server: a kproxy waiting for it
+	// is alive (/livez), and a liveness probe must not find the port closed and restart it.
 	for _, srv := range []struct {
 		what, addr string
 		handler    http.Handler
@@ -115,11 +101,43 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveUntilDone(ctx, srv.what, cfg.BindAddressHardFail, restart, func() error {
+			var hardFail func(error)
+			if cfg.BindAddressHardFail {
+				hardFail = func(err error) {
+					hardFailEvent(recorder, name, srv.what, err)
+					restart(fmt.Errorf("%s server failed (--bind-address-hard-fail): %w", srv.what, err))
+				}
+			}
+			serveUntilDone(ctx, srv.what, hardFail, func() error {
 				return healthcheck.Serve(ctx, srv.addr, srv.handler, srv.limits)
 			})
 		}()
 	}
+
+	nodeCIDRMode := cfg.DetectLocalMode == config.DetectLocalNodeCIDR
+	node, err := waitForNode(ctx, client, name, nodeCIDRMode)
+	if err != nil {
+		return err
+	}
+	ips := nodeIPs(node)
+
+	var proxiers []*proxier.Proxier
+	for i, family := range proxiedFamilies(cfg, ips) {
+		ipt, err := iptables.New(family, backend, iptables.DefaultWait)
+		if err != nil {
+			if i == 0 {
+				return fmt.Errorf("primary IP family %s: %w", family, err)
+			}
+			logger.Info("Not proxying the secondary IP family", "ipFamily", family, "reason", err.Error())
+			continue
+		}
+		p, err := newFamilyProxier(ctx, cfg, family, ipt, node, ips[family], health, eventSink{recorder, name}, clk, &wg)
+		if err != nil {
+			return err
+		}
+		proxiers = append(proxiers, p)
+	}
+
 	if cfg.ConfigFile != "" {
 		wg.Add(1)
 		go func() {
@@ -140,8 +158,8 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 			p.Run(ctx)
 		}()
 	}
+	recorder.Eventf(nodeRef(name), nil, v1.EventTypeNormal, eventReasonStarting, eventActionStart, "")
 	<-ctx.Done()
-	wg.Wait()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
 	}
@@ -242,7 +260,7 @@ func nodeSetup(ctx context.Context, cfg *config.Config) error {
 // newFamilyProxier builds one family's proxier with its helpers (conntrack cleanup,
 // health check node ports, flush monitor), starting the helpers' goroutines on wg.
 func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamily, ipt iptables.Interface, node *v1.Node,
-	nodeIP netip.Addr, health *healthcheck.ProxyHealth, clk clock.WithTicker, wg *sync.WaitGroup) (*proxier.Proxier, error) {
+	nodeIP netip.Addr, health *healthcheck.ProxyHealth, events eventSink, clk clock.WithTicker, wg *sync.WaitGroup) (*proxier.Proxier, error) {
 	logger := klog.FromContext(ctx).WithValues("ipFamily", family)
 	opts, err := RuleOptions(cfg, family, node, nodeIP)
 	if err != nil {
@@ -276,7 +294,7 @@ func newFamilyProxier(ctx context.Context, cfg *config.Config, family v1.IPFamil
 	p := proxier.New(ctx, proxier.Config{
 		Family: family, IPTables: ipt, Rules: opts, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs(family),
 		Conntrack:     conntrack.NewReconciler(family, conntrack.NewNetlink(family)),
-		ServiceHealth: serviceHealth,
+		ServiceHealth: eventingServiceHealth{ServiceHealth: serviceHealth, events: events},
 		NFAcct:        nfacct.New(),
 		MinSyncPeriod: cfg.MinSyncPeriod, SyncPeriod: cfg.SyncPeriod,
 		Health: health, Clock: clk,
@@ -333,17 +351,18 @@ func localAddrs(family v1.IPFamily) func() ([]netip.Addr, error) {
 }
 
 // serveUntilDone runs a server and restarts it after failures (e.g. the port is still
-// held by the process we replace), as upstream does, until ctx is done. With hardFail
-// (--bind-address-hard-fail) a failure ends the process instead.
-func serveUntilDone(ctx context.Context, what string, hardFail bool, restart func(error), serve func() error) {
+// held by the process we replace), as upstream does, until ctx is done. A non-nil
+// hardFail (--bind-address-hard-fail) is called with the first failure instead, and ends
+// the process.
+func serveUntilDone(ctx context.Context, what string, hardFail func(error), serve func() error) {
 	logger := klog.FromContext(ctx)
 	for {
 		err := serve()
 		if ctx.Err() != nil {
 			return
 		}
-		if hardFail {
-			restart(fmt.Errorf("%s server failed (--bind-address-hard-fail): %w", what, err))
+		if hardFail != nil {
+			hardFail(err)
 			return
 		}
 		logger.Error(err, "Server failed; restarting in 5s", "server", what)

@@ -100,6 +100,10 @@ type Config struct {
 
 	// Mode is always ModeIPTables; an empty mode defaults to it.
 	Mode string
+	// ModeDefaulted is set when the configuration left the mode empty. Upstream
+	// then warns that its default becomes nftables in Kubernetes 1.40, which
+	// matters here too: switching back to kube-proxy would change modes.
+	ModeDefaulted bool
 
 	// DetectLocalMode is one of the DetectLocal* constants (never empty).
 	DetectLocalMode string

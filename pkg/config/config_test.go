@@ -32,6 +32,7 @@ func defaultConfig() *Config {
 		Burst:              10,
 		ContentType:        "application/vnd.kubernetes.protobuf",
 		Mode:               "iptables",
+		ModeDefaulted:      true,
 		DetectLocalMode:    "ClusterCIDR",
 		MasqueradeBit:      14,
 		LocalhostNodePorts: true,

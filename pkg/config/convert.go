@@ -77,6 +77,7 @@ func FromV1Alpha1(in *v1alpha1.KubeProxyConfiguration) (*Config, field.ErrorList
 	errs = append(errs, e...)
 	errs = append(errs, validateClientConnection(in, field.NewPath("clientConnection"))...)
 	out.Mode, e = validateMode(string(in.Mode), field.NewPath("mode"))
+	out.ModeDefaulted = in.Mode == ""
 	errs = append(errs, e...)
 	errs = append(errs, validateIPTables(out, field.NewPath("iptables"))...)
 	errs = append(errs, validatePositiveDuration(out.ConfigSyncPeriod, field.NewPath("configSyncPeriod"))...)

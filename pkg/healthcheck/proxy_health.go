@@ -3,10 +3,23 @@
 // load balancers and probes configured for kube-proxy keep working.
 //
 // Health is tracked per IP family: a family is unhealthy when a sync was
-// requested and has not completed within the timeout. /livez reports only
-// that. /healthz additionally requires the node to be eligible for traffic,
-// so that cloud load balancers drain a node that is being deleted or scaled
-// down before its proxy goes away.
+// requested and has not completed within the timeout. /healthz reports that
+// and, as upstream, requires the node to be eligible for traffic, so that
+// cloud load balancers drain a node that is being deleted or scaled down
+// before its proxy goes away.
+//
+// Probes need two other answers, because an unhealthy proxy is often one
+// that is waiting rather than broken: for the API server at start, for a
+// restore the kernel keeps refusing, for the xtables lock. Restarting it then
+// fixes nothing, and a liveness probe that does it turns one outage into a
+// crash loop on every node. So /livez fails only when the sync loop itself is
+// stuck (an attempt that does not return, or requests that no attempt picks
+// up), which a restart does fix; its body still says whether the proxy is
+// healthy and why not. /readyz, for readiness probes and so for rollouts,
+// is ready once every family has applied its rules and keeps them current;
+// node eligibility does not enter into it, or a node marked for deletion
+// would stall a DaemonSet rollout. Upstream's /livez is /readyz without the
+// first-sync condition.
 //
 // ServiceHealthServer answers on the healthCheckNodePort of each
 // LoadBalancer service with externalTrafficPolicy Local, so that cloud load
@@ -46,6 +59,17 @@ type ProxyHealth struct {
 	// oldestPending holds, per family, when the oldest sync request not yet
 	// served was made; absent means nothing is pending.
 	oldestPending map[v1.IPFamily]time.Time
+	// synced holds the families that have applied their rules at least once.
+	synced map[v1.IPFamily]bool
+	// attemptStarted holds, per family, when the sync attempt in progress
+	// began; absent means none is in progress.
+	attemptStarted map[v1.IPFamily]time.Time
+	// unattemptedSince holds, per family, when the oldest request that no
+	// attempt has begun to serve yet was made.
+	unattemptedSince map[v1.IPFamily]time.Time
+	// lastError holds, per family, why the last attempt applied nothing;
+	// absent after a successful one.
+	lastError map[v1.IPFamily]string
 	// nodeEligible is false until the node object has been seen.
 	nodeEligible bool
 }
@@ -73,7 +97,20 @@ type FamilyStatus struct {
 	// Healthy is false when a sync request has been pending longer than the
 	// timeout.
 	Healthy bool `json:"healthy"`
+	// Synced is true once this family has applied its rules.
+	Synced bool `json:"synced"`
+	// LastError says why the last sync attempt applied nothing: waiting for
+	// the API server, or the restore's error.
+	LastError string `json:"lastError,omitempty"`
+	// Stuck is true when the sync loop stopped making attempts: one has run
+	// for longer than the stuck timeout, or requests are not being picked up.
+	Stuck bool `json:"stuck,omitempty"`
 }
+
+// minStuckTimeout bounds the stuck timeout from below: a full sync of a large
+// cluster behind a held xtables lock legitimately takes tens of seconds, and
+// with a short sync period the health timeout alone would call that stuck.
+const minStuckTimeout = time.Minute
 
 // NewProxyHealth returns a tracker that reports a family unhealthy once a sync
 // request has been pending for timeout, which callers set to twice the sync
@@ -81,11 +118,23 @@ type FamilyStatus struct {
 // miss counts. The node starts out ineligible until SyncNode is called.
 func NewProxyHealth(timeout time.Duration, clk clock.PassiveClock) *ProxyHealth {
 	return &ProxyHealth{
-		timeout:       timeout,
-		clk:           clk,
-		lastUpdated:   map[v1.IPFamily]time.Time{},
-		oldestPending: map[v1.IPFamily]time.Time{},
+		timeout:          timeout,
+		clk:              clk,
+		lastUpdated:      map[v1.IPFamily]time.Time{},
+		oldestPending:    map[v1.IPFamily]time.Time{},
+		synced:           map[v1.IPFamily]bool{},
+		attemptStarted:   map[v1.IPFamily]time.Time{},
+		unattemptedSince: map[v1.IPFamily]time.Time{},
+		lastError:        map[v1.IPFamily]string{},
 	}
+}
+
+// Started records that family's sync loop began: from here on its requests
+// must be served within the timeout, as from upstream's first Updated call.
+func (h *ProxyHealth) Started(family v1.IPFamily) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastUpdated[family] = h.clk.Now()
 }
 
 // QueuedUpdate records that a sync was requested for family. Only the first
@@ -94,9 +143,35 @@ func NewProxyHealth(timeout time.Duration, clk clock.PassiveClock) *ProxyHealth 
 func (h *ProxyHealth) QueuedUpdate(family v1.IPFamily) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	now := h.clk.Now()
 	if _, pending := h.oldestPending[family]; !pending {
-		h.oldestPending[family] = h.clk.Now()
+		h.oldestPending[family] = now
 	}
+	if _, waiting := h.unattemptedSince[family]; !waiting {
+		h.unattemptedSince[family] = now
+	}
+}
+
+// SyncStarted records that a sync attempt of family began, which picks up
+// every request made so far.
+func (h *ProxyHealth) SyncStarted(family v1.IPFamily) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.attemptStarted[family] = h.clk.Now()
+	delete(h.unattemptedSince, family)
+}
+
+// SyncEnded records the end of family's attempt: nil means its rules were
+// applied (Updated), anything else why not.
+func (h *ProxyHealth) SyncEnded(family v1.IPFamily, err error) {
+	if err == nil {
+		h.Updated(family)
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.attemptStarted, family)
+	h.lastError[family] = err.Error()
 }
 
 // Updated records a successful sync of family, which serves every request
@@ -106,6 +181,9 @@ func (h *ProxyHealth) Updated(family v1.IPFamily) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.oldestPending, family)
+	delete(h.attemptStarted, family)
+	delete(h.lastError, family)
+	h.synced[family] = true
 	h.lastUpdated[family] = h.clk.Now()
 }
 
@@ -146,10 +224,48 @@ func (h *ProxyHealth) Health() Status {
 		// runner's minimum interval; only an older one means syncs are stuck.
 		queued, pending := h.oldestPending[family]
 		healthy := !pending || now.Sub(queued) < h.timeout
-		s.Families[family] = FamilyStatus{LastUpdated: last, Healthy: healthy}
+		s.Families[family] = FamilyStatus{LastUpdated: last, Healthy: healthy, Synced: h.synced[family],
+			LastError: h.lastError[family], Stuck: h.stuck(family, now)}
 		s.Healthy = s.Healthy && healthy
 	}
 	return s
+}
+
+// stuck reports whether family's sync loop has stopped making attempts: the
+// one in progress has run past the stuck timeout, or a request has waited
+// longer than the health timeout without any attempt beginning (the runner
+// starts one within the minimum sync interval, which is shorter). h.mu must
+// be held.
+func (h *ProxyHealth) stuck(family v1.IPFamily, now time.Time) bool {
+	if started, ok := h.attemptStarted[family]; ok && now.Sub(started) >= max(h.timeout, minStuckTimeout) {
+		return true
+	}
+	since, ok := h.unattemptedSince[family]
+	return ok && now.Sub(since) >= h.timeout
+}
+
+// alive reports whether no family's sync loop is stuck.
+func (s Status) alive() bool {
+	for _, f := range s.Families {
+		if f.Stuck {
+			return false
+		}
+	}
+	return true
+}
+
+// ready reports whether at least one family runs and every one has applied
+// its rules and keeps them current.
+func (s Status) ready() bool {
+	if len(s.Families) == 0 || !s.Healthy {
+		return false
+	}
+	for _, f := range s.Families {
+		if !f.Synced {
+			return false
+		}
+	}
+	return true
 }
 
 // isNodeEligible reports whether the node should receive load-balancer
@@ -160,9 +276,11 @@ func (h *ProxyHealth) isNodeEligible() bool {
 	return h.nodeEligible
 }
 
-// Handler returns the health mux: /healthz (proxy health and node
-// eligibility) and /livez (proxy health only), any method, 200 when healthy
-// and 503 otherwise, each response counted in the metrics package.
+// Handler returns the health mux, any method, 200 or 503 with the status as
+// JSON: /healthz (proxy health and node eligibility, as upstream), /livez
+// (the sync loop is not stuck) and /readyz (rules applied and current). Each
+// /healthz and /livez response is counted in the metrics package, as
+// upstream's are.
 func (h *ProxyHealth) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -173,17 +291,23 @@ func (h *ProxyHealth) Handler() http.Handler {
 	})
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) {
 		s := h.Health()
-		writeStatus(r.Context(), w, s, s.Healthy, metrics.ProxyLivezTotal)
+		writeStatus(r.Context(), w, s, s.alive(), metrics.ProxyLivezTotal)
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		s := h.Health()
+		writeStatus(r.Context(), w, s, s.ready(), nil)
 	})
 	return mux
 }
 
-// writeStatus writes s as JSON with a 200 or 503 status and counts the
-// response in counter.
-func writeStatus(ctx context.Context, w http.ResponseWriter, s Status, healthy bool, counter *prometheus.CounterVec) {
+// writeStatus writes s as JSON with a 200 (ok) or 503 status and counts the
+// response in counter, if any.
+func writeStatus(ctx context.Context, w http.ResponseWriter, s Status, ok bool, counter *prometheus.CounterVec) {
 	code := http.StatusServiceUnavailable
-	if healthy {
+	if ok {
 		code = http.StatusOK
+	}
+	if ok && s.Healthy {
 		// Clients written for old kube-proxy releases read lastUpdated as
 		// "the sync loop is alive", which it was then updated for even when
 		// nothing changed; a healthy proxy reports now to keep that meaning.
@@ -196,7 +320,9 @@ func writeStatus(ctx context.Context, w http.ResponseWriter, s Status, healthy b
 		klog.FromContext(ctx).Error(err, "Encoding health status")
 		body = []byte(`{}`)
 	}
-	counter.WithLabelValues(strconv.Itoa(code)).Inc()
+	if counter != nil {
+		counter.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)

@@ -2,6 +2,7 @@ package healthcheck
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -264,7 +265,7 @@ func TestUnencodableTimeKeepsStatusCode(t *testing.T) {
 
 func TestOnlyHealthPathsServed(t *testing.T) {
 	h, _ := newTestHealth()
-	for _, path := range []string{"/", "/healthz/extra", "/readyz", "/metrics"} {
+	for _, path := range []string{"/", "/healthz/extra", "/readyz/extra", "/metrics"} {
 		rec := httptest.NewRecorder()
 		h.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		if rec.Code != http.StatusNotFound {
@@ -314,4 +315,120 @@ func counterValue(t *testing.T, vec *prometheus.CounterVec, code string) float64
 		t.Fatalf("reading counter: %v", err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestProbesTellWaitingFromBroken drives the health tracker through what a node goes
+// through, with the proxier's calls in the proxier's order, and checks the three
+// endpoints: /healthz as upstream (load balancers), /livez failing only when the sync
+// loop is stuck (a restart helps), /readyz ready only with the rules applied and current.
+func TestProbesTellWaitingFromBroken(t *testing.T) {
+	const syncPeriod = timeout / 2
+	v4 := v1.IPv4Protocol
+	restoreErr := errors.New("iptables-restore: exit status 2: line 7 failed")
+	waiting := errors.New("waiting for the initial list of Services and EndpointSlices")
+	tainted := readyNode()
+	tainted.Spec.Taints = []v1.Taint{{Key: toBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}
+
+	for _, tc := range []struct {
+		name string
+		// run acts out the scenario, which lasts well past the timeouts.
+		run func(h *ProxyHealth, clk *clocktesting.FakeClock)
+		// want codes of /healthz, /livez, /readyz.
+		healthz, livez, readyz int
+		lastError              string
+		stuck                  bool
+	}{{
+		name: "API server unreachable at start-up: waiting, not broken",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			// No Node object was ever read; the informers never list.
+			h.Started(v4)
+			h.QueuedUpdate(v4)
+			h.SyncStarted(v4)
+			h.SyncEnded(v4, waiting)
+			clk.Step(10 * time.Minute)
+		},
+		healthz: 503, livez: 200, readyz: 503, lastError: waiting.Error(),
+	}, {
+		name: "every restore fails: waiting, not broken",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			h.SyncNode(readyNode())
+			h.Started(v4)
+			h.QueuedUpdate(v4)
+			h.SyncStarted(v4)
+			h.Updated(v4)
+			h.QueuedUpdate(v4)
+			for range 20 { // the runner retries every sync period
+				h.SyncStarted(v4)
+				h.SyncEnded(v4, restoreErr)
+				clk.Step(syncPeriod)
+				h.QueuedUpdate(v4)
+			}
+		},
+		healthz: 503, livez: 200, readyz: 503, lastError: restoreErr.Error(),
+	}, {
+		name: "a restore that never returns: broken",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			h.SyncNode(readyNode())
+			h.Started(v4)
+			h.SyncStarted(v4)
+			h.Updated(v4)
+			h.QueuedUpdate(v4)
+			h.SyncStarted(v4)
+			clk.Step(max(timeout, minStuckTimeout))
+		},
+		healthz: 503, livez: 503, readyz: 503, stuck: true,
+	}, {
+		name: "requests no attempt picks up: broken",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			h.SyncNode(readyNode())
+			h.Started(v4)
+			h.SyncStarted(v4)
+			h.Updated(v4)
+			h.QueuedUpdate(v4)
+			clk.Step(timeout)
+		},
+		healthz: 503, livez: 503, readyz: 503, stuck: true,
+	}, {
+		name: "node marked for deletion by the autoscaler: drained, still ready and alive",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			h.Started(v4)
+			h.SyncStarted(v4)
+			h.Updated(v4)
+			h.SyncNode(tainted)
+			clk.Step(10 * time.Minute)
+		},
+		healthz: 503, livez: 200, readyz: 200,
+	}, {
+		name: "a slow attempt within the timeouts: all good",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			h.SyncNode(readyNode())
+			h.Started(v4)
+			h.SyncStarted(v4)
+			h.Updated(v4)
+			h.QueuedUpdate(v4)
+			h.SyncStarted(v4)
+			clk.Step(timeout - time.Second)
+		},
+		healthz: 200, livez: 200, readyz: 200,
+	}, {
+		name: "before the sync loop starts: alive, not ready",
+		run: func(h *ProxyHealth, clk *clocktesting.FakeClock) {
+			clk.Step(10 * time.Minute)
+		},
+		healthz: 503, livez: 200, readyz: 503,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, clk := newTestHealth()
+			tc.run(h, clk)
+			for path, want := range map[string]int{"/healthz": tc.healthz, "/livez": tc.livez, "/readyz": tc.readyz} {
+				if r := get(t, h, path); r.code != want {
+					t.Errorf("%s: %d, want %d; body %+v", path, r.code, want, r.status)
+				}
+			}
+			f := h.Health().Families[v4]
+			if f.LastError != tc.lastError || f.Stuck != tc.stuck {
+				t.Errorf("family status %+v, want lastError %q, stuck %v", f, tc.lastError, tc.stuck)
+			}
+		})
+	}
 }

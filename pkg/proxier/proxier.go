@@ -131,7 +131,7 @@ func (p *Proxier) Run(ctx context.Context) {
 	if p.cfg.Health != nil {
 		// Health counts from here: the sync queued next must complete within the health
 		// timeout, so a proxy that never manages a first sync turns unhealthy.
-		p.cfg.Health.Updated(p.cfg.Family)
+		p.cfg.Health.Started(p.cfg.Family)
 	}
 	p.requestSync()
 	if p.cfg.SyncPeriod > 0 {
@@ -215,14 +215,32 @@ func (p *Proxier) updatePendingGauges() {
 	metrics.EndpointChangesPending.Set(float64(eps))
 }
 
-// Sync programs the current state. Until both Services and EndpointSlices have been
-// listed once it does nothing: a sync from half the picture would delete the rules of
-// every service whose endpoints are not known yet.
+// errNotListed ends a sync attempt made before Services and EndpointSlices were listed.
+var errNotListed = errors.New("waiting for the initial list of Services and EndpointSlices from the API server")
+
+// Sync programs the current state and tells the health tracker how the attempt went.
+// Until both Services and EndpointSlices have been listed once it does nothing: a sync
+// from half the picture would delete the rules of every service whose endpoints are not
+// known yet. That is waiting, not failing: the lists' arrival requests the next sync.
 func (p *Proxier) Sync(ctx context.Context) error {
+	if p.cfg.Health != nil {
+		p.cfg.Health.SyncStarted(p.cfg.Family)
+	}
+	err := p.sync(ctx)
+	if p.cfg.Health != nil {
+		p.cfg.Health.SyncEnded(p.cfg.Family, err)
+	}
+	if errors.Is(err, errNotListed) {
+		klog.FromContext(ctx).V(2).Info("Not syncing until Services and EndpointSlices have been listed")
+		return nil
+	}
+	return err
+}
+
+func (p *Proxier) sync(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	if !p.servicesSynced.Load() || !p.slicesSynced.Load() {
-		logger.V(2).Info("Not syncing until Services and EndpointSlices have been listed")
-		return nil
+		return errNotListed
 	}
 	start := p.cfg.Clock.Now()
 	if p.forceFull.Swap(false) {
@@ -333,9 +351,6 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	metrics.SyncProxyRulesLastTimestamp.WithLabelValues(p.family).Set(float64(now.Unix()))
 	for _, t := range changes.TriggerTimes {
 		metrics.NetworkProgrammingLatency.WithLabelValues(p.family).Observe(now.Sub(t).Seconds())
-	}
-	if p.cfg.Health != nil {
-		p.cfg.Health.Updated(p.cfg.Family)
 	}
 	p.afterSync(ctx, snap)
 	if full {
