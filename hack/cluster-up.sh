@@ -155,6 +155,18 @@ proc_start etcd
 wait_for 30 etcd nsx "$cp_ns" curl -fsS http://127.0.0.1:2379/health ||
   die "etcd not healthy after 30s; see $STATE_DIR/logs/etcd.log"
 
+# Audit: every request of kproxy's two possible identities, nothing else, so that the e2e
+# tests can compare what kproxy does with what deploy/rbac.yaml grants.
+cat > "$STATE_DIR/audit-policy.yaml" << POLICY
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:kube-system:kproxy", "system:kube-proxy"]
+- level: None
+POLICY
+
 log "starting kube-apiserver"
 proc_define kube-apiserver "$cp_ns" "$TOOLS_BIN/kube-apiserver" \
   --etcd-servers=http://127.0.0.1:2379 \
@@ -166,6 +178,8 @@ proc_define kube-apiserver "$cp_ns" "$TOOLS_BIN/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --allow-privileged=true --endpoint-reconciler-type=lease \
+  --audit-policy-file="$STATE_DIR/audit-policy.yaml" --audit-log-path="$STATE_DIR/logs/audit.log" \
+  --audit-log-format=json --audit-log-maxsize=100 \
   --profiling=false --v=1
 proc_start kube-apiserver
 apiserver_ready() {
