@@ -54,6 +54,7 @@ type Options struct {
 	master           string
 	hostnameOverride string
 	iptablesBackend  string
+	debugEndpoint    bool
 	healthzPort      int32 // deprecated --healthz-port
 	metricsPort      int32 // deprecated --metrics-port
 
@@ -77,6 +78,7 @@ func NewOptions() *Options {
 	return &Options{
 		flagConfig:      c,
 		iptablesBackend: config.IPTablesBackendAuto,
+		debugEndpoint:   true,
 		healthzPort:     config.DefaultHealthzPort,
 		metricsPort:     config.DefaultMetricsPort,
 	}
@@ -92,6 +94,7 @@ var neverIgnoredFlags = map[string]bool{
 	"hostname-override": true,
 	"master":            true,
 	"iptables-backend":  true, // not a file field: the flag is the only way to set it
+	"debug-endpoint":    true, // likewise
 }
 
 // AddFlags registers kube-proxy's flags, with upstream's names and defaults,
@@ -138,6 +141,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.IPTables.MinSyncPeriod.Duration, "iptables-min-sync-period", c.IPTables.MinSyncPeriod.Duration, "Minimum interval between iptables syncs (e.g. '5s', '1m'). 0 syncs on every change.")
 	fs.Var(enumValue{p: &o.iptablesBackend, allowed: []string{config.IPTablesBackendAuto, config.IPTablesBackendLegacy, config.IPTablesBackendNFT}},
 		"iptables-backend", "kproxy only: which iptables to drive: auto (detect which backend holds rules), legacy or nft. Applies even with --config.")
+	fs.BoolVar(&o.debugEndpoint, "debug-endpoint", o.debugEndpoint,
+		"kproxy only: serve "+debugStatePath+" on the metrics address: per IP family, the rules the node should hold, for `kproxy diagnose`. Applies even with --config.")
 	fs.StringSliceVar(&c.NodePortAddresses, "nodeport-addresses", c.NodePortAddresses, "CIDRs and/or the keywords primary, localhost, all: the node IPs on which NodePorts are accepted. Empty means all local IPs.")
 	fs.DurationVar(&c.ConfigSyncPeriod.Duration, "config-sync-period", c.ConfigSyncPeriod.Duration, "How often configuration from the API server is refreshed. Must be greater than 0.")
 
@@ -255,6 +260,7 @@ func (o *Options) Complete(ctx context.Context, fs *pflag.FlagSet) (*config.Conf
 	}
 	cfg.Master = o.master
 	cfg.IPTablesBackend = o.iptablesBackend
+	cfg.DebugEndpoint = o.debugEndpoint
 	cfg.ConfigFile = o.ConfigFile
 	o.effective = v1
 	return cfg, nil

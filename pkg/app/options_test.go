@@ -90,6 +90,7 @@ func TestDefaultsWithoutFlags(t *testing.T) {
 		FeatureGates:    map[string]bool{},
 		Logging:         *logsapi.NewLoggingConfiguration(),
 		IPTablesBackend: "auto",
+		DebugEndpoint:   true,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults\n got %+v\nwant %+v", got, want)

@@ -88,6 +88,11 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		logger.Error(nil, defaultModeMessage)
 		recorder.Eventf(nodeRef(name), nil, v1.EventTypeWarning, eventReasonDefaultMode, eventActionStart, defaultModeMessage)
 	}
+	debug := &debugEndpoint{node: name}
+	metricsHandler := metrics.Handler(gatherer, config.ModeIPTables, cfg.EnableProfiling)
+	if cfg.DebugEndpoint {
+		metricsHandler = withDebugEndpoint(metricsHandler, debug)
+	}
 	// The probes answer before anything waits on the API server: a kproxy waiting for it
 	// is alive (/livez), and a liveness probe must not find the port closed and restart it.
 	for _, srv := range []struct {
@@ -96,7 +101,7 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		limits     healthcheck.Limits
 	}{
 		{"healthz", cfg.HealthzBindAddress, health.Handler(), healthcheck.ProbeLimits()},
-		{"metrics", cfg.MetricsBindAddress, metrics.Handler(gatherer, config.ModeIPTables, cfg.EnableProfiling), metricsServerLimits},
+		{"metrics", cfg.MetricsBindAddress, metricsHandler, metricsServerLimits},
 	} {
 		wg.Add(1)
 		go func() {
@@ -137,6 +142,8 @@ func Run(ctx context.Context, cfg *config.Config, loadedConfig []byte, initOnly 
 		}
 		proxiers = append(proxiers, p)
 	}
+
+	debug.setProxiers(string(backend), proxiers)
 
 	if cfg.ConfigFile != "" {
 		wg.Add(1)

@@ -167,6 +167,9 @@ type Config struct {
 	// IPTablesBackend is one of the IPTablesBackend* constants. kproxy-only:
 	// it is not part of KubeProxyConfiguration and comes from a flag.
 	IPTablesBackend string
+	// DebugEndpoint serves the rules each family should hold on the metrics
+	// address (kproxy-only, from a flag).
+	DebugEndpoint bool
 }
 
 // ConntrackConfig holds the conntrack settings of KubeProxyConfiguration

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime/debug"
 	"sync/atomic"
@@ -104,7 +105,39 @@ type Proxier struct {
 	// overlapped one is discarded.
 	applied  atomic.Pointer[rules.State]
 	restores atomic.Uint64
+	// lastApplied is what the last successful sync programmed, for the debug endpoint.
+	lastApplied atomic.Pointer[Applied]
 }
+
+// Applied is what a successful sync programmed: the inputs of its render and when it
+// happened. Its Expected is the ruleset the kernel should hold in kproxy's chains.
+type Applied struct {
+	// At is when the restore succeeded.
+	At time.Time
+	// Full says whether that sync was a full one.
+	Full bool
+	// Request holds the snapshot (Services the kernel rejected left out), the node and
+	// its addresses, as a full render's request.
+	Request rules.Request
+	Options rules.Options
+	// Rejected are the Services left out, with the line the kernel rejected.
+	Rejected map[types.NamespacedName]string
+}
+
+// Expected renders, in one batch, the rules the kernel should hold in kproxy's chains
+// after the sync a describes: a full render of the same inputs, which every partial
+// sync equals (pkg/rules TestPartialRenderMatchesFull). It renders anew at each call.
+func (a *Applied) Expected() *rules.Ruleset {
+	opts := a.Options
+	opts.MaxChainsPerBatch = 0
+	return rules.Render(a.Request, opts)
+}
+
+// Family is the IP family this proxier programs.
+func (p *Proxier) Family() v1.IPFamily { return p.cfg.Family }
+
+// LastApplied returns what the last successful sync programmed; nil before the first.
+func (p *Proxier) LastApplied() *Applied { return p.lastApplied.Load() }
 
 // maxRejectedPerSync bounds how many Services one sync may leave out and retry without:
 // a failure that keeps blaming new Services is not about any one of them.
@@ -286,8 +319,9 @@ func (p *Proxier) sync(ctx context.Context) error {
 	node.Zone = *p.zone.Load()
 
 	var rs *rules.Ruleset
+	var req rules.Request
 	for leftOut := 0; ; {
-		req := rules.Request{
+		req = rules.Request{
 			Snapshot:   p.withoutRejected(snap),
 			Changed:    changes.Services,
 			Node:       node,
@@ -340,6 +374,8 @@ func (p *Proxier) sync(ctx context.Context) error {
 	}
 	p.applied.Store(rs.State)
 	p.largeCluster = rs.LargeCluster
+	p.lastApplied.Store(&Applied{At: now, Full: full, Options: p.rulesOpts, Rejected: maps.Clone(p.rejected),
+		Request: rules.Request{Snapshot: req.Snapshot, Node: req.Node, LocalAddrs: req.LocalAddrs}})
 
 	metrics.IPTablesRulesTotal.WithLabelValues("filter", p.family).Set(float64(rs.FilterRules))
 	metrics.IPTablesRulesTotal.WithLabelValues("nat", p.family).Set(float64(rs.NATRules))
