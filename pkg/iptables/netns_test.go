@@ -280,3 +280,35 @@ func TestDetectBackend(t *testing.T) {
 		}
 	})
 }
+
+// TestSaveAsKernel: a payload comes back in the kernel's form, for both backends, and the
+// caller's namespace gains nothing.
+func TestSaveAsKernel(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) {
+			ns, ipt := newInNS(t, v1.IPv4Protocol, backend)
+			payload := "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m comment --comment \"ns/web:http cluster IP\" -m tcp -p tcp -d 172.30.0.1 --dport 80 -j RETURN\nCOMMIT\n"
+			var out []byte
+			var chains []string
+			err := ns.Do(func() error {
+				var err error
+				out, err = iptables.SaveAsKernel(context.Background(), v1.IPv4Protocol, backend, []byte(payload), "nat")
+				if err != nil {
+					return err
+				}
+				chains, err = ipt.SaveChains(context.Background(), "nat")
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := `-A KUBE-SERVICES -d 172.30.0.1/32 -p tcp -m comment --comment "ns/web:http cluster IP" -m tcp --dport 80 -j RETURN`
+			if !strings.Contains(string(out), want) {
+				t.Errorf("kernel form lacks %q:\n%s", want, out)
+			}
+			if slices.Contains(chains, "KUBE-SERVICES") {
+				t.Errorf("the caller's namespace gained KUBE-SERVICES: %v", chains)
+			}
+		})
+	}
+}
