@@ -1,13 +1,17 @@
 package app
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
 )
 
@@ -38,9 +42,36 @@ type DebugFamily struct {
 	// Rejected maps each Service left out because the kernel rejected its rules to the
 	// line it rejected.
 	Rejected map[string]string `json:"rejected,omitempty"`
+	// Services are the service ports programmed, sorted by name, with their endpoints.
+	Services []DebugServicePort `json:"services,omitempty"`
 	// Rules is an iptables-restore payload of every rule kproxy's chains should hold
 	// now (the jumps from the built-in chains are ensured outside it).
 	Rules string `json:"rules,omitempty"`
+}
+
+// DebugServicePort is one service port as kproxy programmed it.
+type DebugServicePort struct {
+	// Name is "namespace/name:port", the text of the rules' comments.
+	Name                string   `json:"name"`
+	Protocol            string   `json:"protocol"`
+	ClusterIP           string   `json:"clusterIP,omitempty"`
+	Port                int32    `json:"port"`
+	NodePort            int32    `json:"nodePort,omitempty"`
+	ExternalIPs         []string `json:"externalIPs,omitempty"`
+	LoadBalancerIPs     []string `json:"loadBalancerIPs,omitempty"`
+	ExternalPolicyLocal bool     `json:"externalPolicyLocal,omitempty"`
+	InternalPolicyLocal bool     `json:"internalPolicyLocal,omitempty"`
+	// Endpoints are all the port's endpoints, whatever their conditions.
+	Endpoints []DebugEndpoint `json:"endpoints"`
+}
+
+// DebugEndpoint is one endpoint with the conditions kproxy chose by.
+type DebugEndpoint struct {
+	Address     string `json:"address"`
+	Local       bool   `json:"local"`
+	Ready       bool   `json:"ready"`
+	Serving     bool   `json:"serving"`
+	Terminating bool   `json:"terminating"`
 }
 
 // debugEndpoint serves DebugState. The daemon starts serving before its proxiers exist
@@ -76,6 +107,7 @@ func (d *debugEndpoint) state() DebugState {
 					f.Rejected[nn.String()] = line
 				}
 			}
+			f.Services = debugServicePorts(a.Request.Snapshot)
 			f.Rules = string(a.Expected().Payload())
 		}
 		s.Families = append(s.Families, f)
@@ -102,4 +134,35 @@ func withDebugEndpoint(metricsHandler http.Handler, d *debugEndpoint) http.Handl
 	mux.Handle(debugStatePath, d)
 	mux.Handle("/", metricsHandler)
 	return mux
+}
+
+// debugServicePorts lists snap's service ports, sorted by name, with their endpoints.
+func debugServicePorts(snap *model.Snapshot) []DebugServicePort {
+	out := make([]DebugServicePort, 0, len(snap.Services))
+	for name, sp := range snap.Services {
+		d := DebugServicePort{
+			Name: name.String(), Protocol: string(name.Protocol), Port: sp.Port, NodePort: sp.NodePort,
+			ExternalIPs: addrStrings(sp.ExternalIPs), LoadBalancerIPs: addrStrings(sp.LoadBalancerVIPs),
+			ExternalPolicyLocal: sp.ExternalPolicyLocal, InternalPolicyLocal: sp.InternalPolicyLocal,
+			Endpoints: []DebugEndpoint{},
+		}
+		if sp.ClusterIP.IsValid() {
+			d.ClusterIP = sp.ClusterIP.String()
+		}
+		for _, ep := range snap.Endpoints[name] {
+			d.Endpoints = append(d.Endpoints, DebugEndpoint{Address: ep.String(), Local: ep.IsLocal,
+				Ready: ep.Ready, Serving: ep.Serving, Terminating: ep.Terminating})
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b DebugServicePort) int { return cmp.Compare(a.Name+"/"+a.Protocol, b.Name+"/"+b.Protocol) })
+	return out
+}
+
+func addrStrings(addrs []netip.Addr) []string {
+	var out []string
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	return out
 }

@@ -79,6 +79,10 @@ func TestDebugEndpointServesWhatWasApplied(t *testing.T) {
 	if s.Backend != "nft" || f.Family != "IPv4" || !f.Synced || !f.LastSyncFull || f.ServicePorts != 1 || f.LastSync.IsZero() {
 		t.Errorf("after the first sync: %+v", s)
 	}
+	if len(f.Services) != 1 || f.Services[0].Name != "ns/web:http" || f.Services[0].ClusterIP != "172.30.0.1" ||
+		len(f.Services[0].Endpoints) != 1 || f.Services[0].Endpoints[0] != (DebugEndpoint{Address: "10.1.0.1:8080", Ready: true, Serving: true}) {
+		t.Errorf("services: %+v", f.Services)
+	}
 	for _, want := range []string{"*nat\n", `"ns/web:http cluster IP"`, "--to-destination 10.1.0.1:8080", "COMMIT\n"} {
 		if !strings.Contains(f.Rules, want) {
 			t.Errorf("rules lack %q:\n%s", want, f.Rules)
