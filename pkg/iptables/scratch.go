@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os/exec"
 	"runtime"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
@@ -55,4 +58,29 @@ func saveInNewNetNS(ctx context.Context, family v1.IPFamily, backend Backend, pa
 		out.Write(save)
 	}
 	return out.Bytes(), nil
+}
+
+// saveAllTimeout bounds SaveAll: some iptables-nft releases could loop forever while
+// listing (see DetectBackend), and the callers are diagnoses that must finish.
+const saveAllTimeout = 10 * time.Second
+
+// SaveAll returns every table family's backend holds, as iptables-save prints them, in
+// the calling thread's network namespace. Unlike Interface.Save it names no table: the
+// legacy backend creates a table it is asked for, and a diagnosis must change nothing.
+func SaveAll(ctx context.Context, family v1.IPFamily, backend Backend) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, saveAllTimeout)
+	defer cancel()
+	name := BinaryName(family, backend, "save")
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name)
+	// Keep stderr apart: iptables-nft-save warns there ("iptables-legacy tables
+	// present") when it succeeds, and that is not save output.
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("%s: %w", name, ctxErr)
+		}
+		return nil, fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
 }
