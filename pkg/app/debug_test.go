@@ -16,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
+	"github.com/kproxy-dev/kproxy/pkg/debugstate"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/iptables/fake"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
@@ -33,12 +34,12 @@ func TestDebugEndpointServesWhatWasApplied(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		return rec.Code, rec.Body.String()
 	}
-	decode := func() DebugState {
+	decode := func() debugstate.State {
 		t.Helper()
-		code, body := get(debugStatePath)
-		var s DebugState
+		code, body := get(debugstate.Path)
+		var s debugstate.State
 		if err := json.Unmarshal([]byte(body), &s); code != 200 || err != nil {
-			t.Fatalf("%s: %d %v: %s", debugStatePath, code, err, body)
+			t.Fatalf("%s: %d %v: %s", debugstate.Path, code, err, body)
 		}
 		return s
 	}
@@ -80,7 +81,7 @@ func TestDebugEndpointServesWhatWasApplied(t *testing.T) {
 		t.Errorf("after the first sync: %+v", s)
 	}
 	if len(f.Services) != 1 || f.Services[0].Name != "ns/web:http" || f.Services[0].ClusterIP != "172.30.0.1" ||
-		len(f.Services[0].Endpoints) != 1 || f.Services[0].Endpoints[0] != (DebugEndpoint{Address: "10.1.0.1:8080", Ready: true, Serving: true}) {
+		len(f.Services[0].Endpoints) != 1 || f.Services[0].Endpoints[0] != (debugstate.Endpoint{Address: "10.1.0.1:8080", Ready: true, Serving: true}) {
 		t.Errorf("services: %+v", f.Services)
 	}
 	for _, want := range []string{"*nat\n", `"ns/web:http cluster IP"`, "--to-destination 10.1.0.1:8080", "COMMIT\n"} {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/kube-proxy/config/v1alpha1"
 
 	"github.com/kproxy-dev/kproxy/pkg/config"
+	"github.com/kproxy-dev/kproxy/pkg/debugstate"
 )
 
 // Options holds kube-proxy's command line. Flag values are bound straight
@@ -142,7 +143,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(enumValue{p: &o.iptablesBackend, allowed: []string{config.IPTablesBackendAuto, config.IPTablesBackendLegacy, config.IPTablesBackendNFT}},
 		"iptables-backend", "kproxy only: which iptables to drive: auto (detect which backend holds rules), legacy or nft. Applies even with --config.")
 	fs.BoolVar(&o.debugEndpoint, "debug-endpoint", o.debugEndpoint,
-		"kproxy only: serve "+debugStatePath+" on the metrics address: per IP family, the rules the node should hold, for `kproxy diagnose`. Applies even with --config.")
+		"kproxy only: serve "+debugstate.Path+" on the metrics address: per IP family, the rules the node should hold, for `kproxy diagnose`. Applies even with --config.")
 	fs.StringSliceVar(&c.NodePortAddresses, "nodeport-addresses", c.NodePortAddresses, "CIDRs and/or the keywords primary, localhost, all: the node IPs on which NodePorts are accepted. Empty means all local IPs.")
 	fs.DurationVar(&c.ConfigSyncPeriod.Duration, "config-sync-period", c.ConfigSyncPeriod.Duration, "How often configuration from the API server is refreshed. Must be greater than 0.")
 
