@@ -48,7 +48,7 @@ func ServiceChecks(in ServiceInputs) []Finding {
 				Fix:      "change the Service (what the kernel refuses is in kproxy's log with the failing line); kproxy retries it when it changes"}}
 		}
 		return []Finding{{ID: idBase + "/" + string(in.Family), Severity: Problem,
-			Title: fmt.Sprintf("kproxy programs no %s port of %s", in.Family, in.Service),
+			Title:    fmt.Sprintf("kproxy programs no %s port of %s", in.Family, in.Service),
 			Evidence: []string{fmt.Sprintf("%d service ports programmed, none of %s", len(in.State.Services), in.Service)},
 			Fix:      "check that it exists, is not headless (clusterIP: None), has no service.kubernetes.io/service-proxy-name label, and has a " + string(in.Family) + " cluster IP"}}
 	}
