@@ -42,6 +42,7 @@ func (d *debugEndpoint) state() debugstate.State {
 		if a := p.LastApplied(); a != nil {
 			f.Synced, f.LastSync, f.LastSyncFull = true, a.At, a.Full
 			f.ServicePorts = len(a.Request.Snapshot.Services)
+			f.LocalhostNodePorts = a.Options.LocalhostNodePorts
 			if len(a.Rejected) > 0 {
 				f.Rejected = map[string]string{}
 				for nn, line := range a.Rejected {

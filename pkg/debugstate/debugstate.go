@@ -28,6 +28,9 @@ type Family struct {
 	LastSync time.Time `json:"lastSync,omitzero"`
 	// LastSyncFull says whether that sync was a full one.
 	LastSyncFull bool `json:"lastSyncFull,omitempty"`
+	// LocalhostNodePorts says whether node ports answer on loopback (IPv4), which
+	// needs route_localnet.
+	LocalhostNodePorts bool `json:"localhostNodePorts,omitempty"`
 	// ServicePorts counts the service ports programmed.
 	ServicePorts int `json:"servicePorts,omitempty"`
 	// Rejected maps each Service left out because the kernel rejected its rules to the

@@ -70,11 +70,11 @@ func (r *Report) Add(findings ...Finding) {
 // non-zero status exactly then, so that scripts and CI can act on it. Warnings alone
 // do not fail it, or a node with a past restore failure would fail forever.
 func (r Report) Failed() bool {
-	return r.count(Problem) > 0
+	return r.Count(Problem) > 0
 }
 
-// count is the number of findings of severity s.
-func (r Report) count(s Severity) int {
+// Count is the number of findings of severity s.
+func (r Report) Count(s Severity) int {
 	n := 0
 	for _, f := range r.Findings {
 		if f.Severity == s {
@@ -106,7 +106,7 @@ func (r Report) WriteText(w io.Writer) error {
 		}
 		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "%s, %s, %d ok\n", plural(r.count(Problem), "problem"), plural(r.count(Warning), "warning"), r.count(OK))
+	fmt.Fprintf(&b, "%s, %s, %d ok\n", plural(r.Count(Problem), "problem"), plural(r.Count(Warning), "warning"), r.Count(OK))
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("writing the diagnosis: %w", err)
 	}
@@ -141,7 +141,7 @@ func (r Report) WriteJSON(w io.Writer) error {
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(jsonReport{Failed: r.Failed(), Problems: r.count(Problem), Warnings: r.count(Warning), Findings: findings}); err != nil {
+	if err := enc.Encode(jsonReport{Failed: r.Failed(), Problems: r.Count(Problem), Warnings: r.Count(Warning), Findings: findings}); err != nil {
 		return fmt.Errorf("writing the diagnosis as JSON: %w", err)
 	}
 	return nil

@@ -34,12 +34,7 @@ type ServiceInputs struct {
 // that are gone.
 func ServiceChecks(in ServiceInputs) []Finding {
 	idBase := "service/" + in.Service
-	var ports []debugstate.ServicePort
-	for _, sp := range in.State.Services {
-		if strings.HasPrefix(sp.Name, in.Service+":") || sp.Name == in.Service {
-			ports = append(ports, sp)
-		}
-	}
+	ports := servicePorts(in.State, in.Service)
 	if len(ports) == 0 {
 		if line, ok := in.State.Rejected[in.Service]; ok {
 			return []Finding{{ID: idBase + "/" + string(in.Family), Severity: Problem,
@@ -61,6 +56,25 @@ func ServiceChecks(in ServiceInputs) []Finding {
 		}
 	}
 	return out
+}
+
+// Programs reports whether a family's state holds a port of service ("namespace/name")
+// or left it out as rejected: a single-stack Service is in one family only, and the
+// other family's checks are not about it.
+func Programs(state debugstate.Family, service string) bool {
+	_, rejected := state.Rejected[service]
+	return rejected || len(servicePorts(state, service)) > 0
+}
+
+// servicePorts are the ports of service ("namespace/name") in state.
+func servicePorts(state debugstate.Family, service string) []debugstate.ServicePort {
+	var ports []debugstate.ServicePort
+	for _, sp := range state.Services {
+		if strings.HasPrefix(sp.Name, service+":") || sp.Name == service {
+			ports = append(ports, sp)
+		}
+	}
+	return ports
 }
 
 // endpointCounts sorts a port's endpoints into what kproxy chooses by.

@@ -292,7 +292,7 @@ func TestSaveAsKernel(t *testing.T) {
 			var chains []string
 			err := ns.Do(func() error {
 				var err error
-				out, err = iptables.SaveAsKernel(context.Background(), v1.IPv4Protocol, backend, []byte(payload), "nat")
+				out, err = iptables.SaveAsKernel(context.Background(), v1.IPv4Protocol, backend, []byte(payload), nil, "nat")
 				if err != nil {
 					return err
 				}

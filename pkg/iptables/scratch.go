@@ -18,8 +18,10 @@ import (
 // iptables-save, one table after the other. The kernel's form differs from the text
 // restored (matches reordered, /32 added, -m tcp implied, quoting), so comparing what
 // kproxy means the node to hold with what it holds (`kproxy diagnose`) needs both in the
-// kernel's form. The node's own namespace is never touched. Needs CAP_SYS_ADMIN.
-func SaveAsKernel(ctx context.Context, family v1.IPFamily, backend Backend, payload []byte, tables ...string) ([]byte, error) {
+// kernel's form. The node's own namespace is never touched. Needs CAP_SYS_ADMIN. setup,
+// if not nil, runs in the scratch namespace first: what the payload refers to that lives
+// per namespace (nfacct counters) must exist there for the restore to pass.
+func SaveAsKernel(ctx context.Context, family v1.IPFamily, backend Backend, payload []byte, setup func() error, tables ...string) ([]byte, error) {
 	type result struct {
 		out []byte
 		err error
@@ -29,7 +31,7 @@ func SaveAsKernel(ctx context.Context, family v1.IPFamily, backend Backend, payl
 		// The thread leaves the process's namespace for good and is never unlocked, so
 		// the Go runtime discards it when this goroutine ends instead of reusing it.
 		runtime.LockOSThread()
-		out, err := saveInNewNetNS(ctx, family, backend, payload, tables)
+		out, err := saveInNewNetNS(ctx, family, backend, payload, setup, tables)
 		done <- result{out, err}
 	}()
 	r := <-done
@@ -38,9 +40,14 @@ func SaveAsKernel(ctx context.Context, family v1.IPFamily, backend Backend, payl
 
 // saveInNewNetNS runs on a locked OS thread; commands it starts inherit the thread's
 // namespace.
-func saveInNewNetNS(ctx context.Context, family v1.IPFamily, backend Backend, payload []byte, tables []string) ([]byte, error) {
+func saveInNewNetNS(ctx context.Context, family v1.IPFamily, backend Backend, payload []byte, setup func() error, tables []string) ([]byte, error) {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		return nil, fmt.Errorf("creating a scratch network namespace: %w", err)
+	}
+	if setup != nil {
+		if err := setup(); err != nil {
+			return nil, fmt.Errorf("preparing the scratch network namespace: %w", err)
+		}
 	}
 	ipt, err := New(family, backend, DefaultWait)
 	if err != nil {
