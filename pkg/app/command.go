@@ -1,6 +1,8 @@
 // Package app is kproxy's command line: kube-proxy's flags and config file, the daemon's
 // wiring (informers -> proxiers -> iptables, health and metrics servers), --cleanup, and
-// the `render` subcommand that prints the rules a node would get from manifests.
+// the subcommands: `render` prints the rules a node would get from manifests, `trace`
+// walks a packet through a node's rules, `diagnose` checks a node for why Services may
+// not answer.
 package app
 
 import (
@@ -56,6 +58,8 @@ chains, rules and flags as kube-proxy in iptables mode.`,
 	opts.AddFlags(cmd.Flags())
 	addVersionFlag(cmd.Flags(), &showVersion)
 	cmd.AddCommand(newRenderCommand())
+	cmd.AddCommand(newTraceCommand())
+	cmd.AddCommand(newDiagnoseCommand())
 	return cmd
 }
 
@@ -81,6 +85,10 @@ func Main(ctx context.Context, args []string) int {
 	klog.Flush()
 	if err == nil || errors.Is(err, context.Canceled) {
 		return 0
+	}
+	if failed := (DiagnosisFailedError{}); errors.As(err, &failed) {
+		// The report said it all; the status says there were problems.
+		return 1
 	}
 	fmt.Fprintln(cmd.ErrOrStderr(), "kproxy:", err)
 	return 1

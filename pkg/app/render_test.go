@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // TestRenderExamples pins what `kproxy render` prints for the shipped examples, which is
@@ -24,7 +25,7 @@ func TestRenderExamples(t *testing.T) {
 	rulestest.Golden(t, "render-examples", out.String())
 
 	// The payload part must apply cleanly.
-	tables := rulestest.NewTables()
+	tables := ruleset.NewTables()
 	if err := tables.Apply(out.Bytes()); err != nil {
 		t.Errorf("rendered payload does not apply: %v", err)
 	}
@@ -69,7 +70,7 @@ func renderManifests(t *testing.T, manifests string) string {
 	if err := cmd.Execute(); err != nil {
 		t.Fatalf("render: %v (stderr %s)", err, errOut.String())
 	}
-	if err := rulestest.NewTables().Apply(out.Bytes()); err != nil {
+	if err := ruleset.NewTables().Apply(out.Bytes()); err != nil {
 		t.Errorf("rendered payload does not apply: %v", err)
 	}
 	return out.String()

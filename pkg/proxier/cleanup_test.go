@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 func TestCleanupRemovesOursAndKeepsOthers(t *testing.T) {
@@ -31,7 +31,7 @@ func TestCleanupRemovesOursAndKeepsOthers(t *testing.T) {
 		t.Fatalf("cleanup: %v", err)
 	}
 	got := ipt.Tables()
-	want := rulestest.NewTables()
+	want := ruleset.NewTables()
 	if err := want.Apply([]byte("*nat\n:CNI-DNAT - [0:0]\n-A PREROUTING -j CNI-DNAT\nCOMMIT\n" +
 		"*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n" +
 		"*filter\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A OUTPUT -j KUBE-FIREWALL\nCOMMIT\n")); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // TestKernelRejectedServiceLeavesOthersProgrammed: a Service whose rules the kernel
@@ -124,23 +125,23 @@ func TestDriftForcesFullSync(t *testing.T) {
 	}
 	want := ipt.Tables().Dump()
 
-	for name, edit := range map[string]func(rulestest.Tables){
-		"foreign rule in nat KUBE-SERVICES": func(tb rulestest.Tables) {
+	for name, edit := range map[string]func(ruleset.Tables){
+		"foreign rule in nat KUBE-SERVICES": func(tb ruleset.Tables) {
 			c := tb["nat"].Chains
-			c[rules.ChainServices] = append([]rulestest.Rule{{"-j", "RETURN"}}, c[rules.ChainServices]...)
+			c[rules.ChainServices] = append([]ruleset.Rule{{"-j", "RETURN"}}, c[rules.ChainServices]...)
 		},
-		"foreign rule in filter KUBE-EXTERNAL-SERVICES": func(tb rulestest.Tables) {
+		"foreign rule in filter KUBE-EXTERNAL-SERVICES": func(tb ruleset.Tables) {
 			c := tb["filter"].Chains
-			c[rules.ChainExternalServices] = append(c[rules.ChainExternalServices], rulestest.Rule{"-j", "ACCEPT"})
+			c[rules.ChainExternalServices] = append(c[rules.ChainExternalServices], ruleset.Rule{"-j", "ACCEPT"})
 		},
-		"foreign rule in filter KUBE-FORWARD": func(tb rulestest.Tables) {
+		"foreign rule in filter KUBE-FORWARD": func(tb ruleset.Tables) {
 			c := tb["filter"].Chains
-			c[rules.ChainForward] = append([]rulestest.Rule{{"-j", "ACCEPT"}}, c[rules.ChainForward]...)
+			c[rules.ChainForward] = append([]ruleset.Rule{{"-j", "ACCEPT"}}, c[rules.ChainForward]...)
 		},
-		"nat OUTPUT jump deleted": func(tb rulestest.Tables) {
+		"nat OUTPUT jump deleted": func(tb ruleset.Tables) {
 			tb["nat"].Chains["OUTPUT"] = nil
 		},
-		"service chain flushed": func(tb rulestest.Tables) {
+		"service chain flushed": func(tb ruleset.Tables) {
 			for c := range tb["nat"].Chains {
 				if strings.HasPrefix(c, "KUBE-SEP-") {
 					tb["nat"].Chains[c] = nil
@@ -179,7 +180,7 @@ func TestDriftWatcherTicks(t *testing.T) {
 		t.Fatal(err)
 	}
 	tables := ipt.Tables()
-	tables["nat"].Chains[rules.ChainServices] = append([]rulestest.Rule{{"-j", "RETURN"}}, tables["nat"].Chains[rules.ChainServices]...)
+	tables["nat"].Chains[rules.ChainServices] = append([]ruleset.Rule{{"-j", "RETURN"}}, tables["nat"].Chains[rules.ChainServices]...)
 	ipt.SetTables(tables)
 	before := testutil.ToFloat64(metrics.RulesDriftTotal.WithLabelValues("IPv4"))
 	go p.watchDrift(ctx, time.Minute)
@@ -261,7 +262,7 @@ func TestPartialSyncOnDriftIsNotBlamedOnTheService(t *testing.T) {
 	ctx := context.Background()
 	p, ipt := syncedTwoServices(t)
 	tables := ipt.Tables()
-	var kept []rulestest.Rule
+	var kept []ruleset.Rule
 	for _, r := range tables["nat"].Chains[rules.ChainServices] {
 		if !strings.Contains(r.String(), "ns/a:p") {
 			kept = append(kept, r)

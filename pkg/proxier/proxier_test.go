@@ -19,7 +19,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/iptables/fake"
 	"github.com/kproxy-dev/kproxy/pkg/metrics"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
-	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 func newTestProxier(t *testing.T) (*Proxier, *fake.Fake) {
@@ -68,8 +68,8 @@ func testSlice(svc string, addrs ...string) *discovery.EndpointSlice {
 
 func trace(t *testing.T, ipt *fake.Fake, dst string, port int) string {
 	t.Helper()
-	tr := &rulestest.Tracer{Tables: ipt.Tables(), LocalAddrs: []netip.Addr{netip.MustParseAddr("192.168.0.2")}, MasqueradeMark: 0x4000}
-	res, err := tr.Trace(rulestest.Packet{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr(dst), Proto: "tcp", DPort: port})
+	tr := &ruleset.Tracer{Tables: ipt.Tables(), LocalAddrs: []netip.Addr{netip.MustParseAddr("192.168.0.2")}, MasqueradeMark: 0x4000}
+	res, err := tr.Trace(ruleset.Packet{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr(dst), Proto: "tcp", DPort: port})
 	if err != nil {
 		t.Fatalf("trace: %v", err)
 	}
@@ -145,7 +145,7 @@ func TestSyncProgramsAndPartialSyncsTouchOnlyChangedServices(t *testing.T) {
 	}
 }
 
-func countPrefix(t rulestest.Tables, prefix string) int {
+func countPrefix(t ruleset.Tables, prefix string) int {
 	n := 0
 	for c := range t["nat"].Chains {
 		if strings.HasPrefix(c, prefix) {

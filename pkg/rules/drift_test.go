@@ -10,6 +10,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // threeServices has services a, b and c in ns1, each with a node port, so every nat and
@@ -24,27 +25,27 @@ func threeServices(withC bool) *model.Snapshot {
 	return b.snap
 }
 
-var foreignRule = rulestest.Rule{"-m", "comment", "--comment", "another agent", "-j", "RETURN"}
+var foreignRule = ruleset.Rule{"-m", "comment", "--comment", "another agent", "-j", "RETURN"}
 
 // insertForeign puts a rule of another program first in every chain of ours that a
 // partial sync edits, as an agent or a leftover kube-proxy would.
-func insertForeign(tables rulestest.Tables) {
+func insertForeign(tables ruleset.Tables) {
 	for table, chains := range map[string][]string{
 		"nat":    {rules.ChainServices, rules.ChainNodePorts},
 		"filter": {rules.ChainServices, rules.ChainExternalServices},
 	} {
 		for _, c := range chains {
-			tables[table].Chains[c] = append([]rulestest.Rule{foreignRule}, tables[table].Chains[c]...)
+			tables[table].Chains[c] = append([]ruleset.Rule{foreignRule}, tables[table].Chains[c]...)
 		}
 	}
 }
 
 // withoutForeign returns tables with the foreign rules removed again.
-func withoutForeign(tables rulestest.Tables) rulestest.Tables {
+func withoutForeign(tables ruleset.Tables) ruleset.Tables {
 	out := tables.Clone()
 	for _, tb := range out {
 		for c, rs := range tb.Chains {
-			var kept []rulestest.Rule
+			var kept []ruleset.Rule
 			for _, r := range rs {
 				if r.String() != foreignRule.String() {
 					kept = append(kept, r)
@@ -60,14 +61,14 @@ func withoutForeign(tables rulestest.Tables) rulestest.Tables {
 // the dispatch chains, an incremental sync that deletes one service must delete exactly
 // that service's rules. Position-based deletes removed the neighbour's rule instead.
 func TestForeignRulesNeverShiftDeletes(t *testing.T) {
-	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: threeServices(true)}, defaultOptions(), nil)
+	tables, first := apply(t, ruleset.NewTables(), rules.Request{Snapshot: threeServices(true)}, defaultOptions(), nil)
 	insertForeign(tables)
 
 	changed := map[types.NamespacedName]bool{{Namespace: "ns1", Name: "c"}: true}
 	req := rules.Request{Snapshot: threeServices(false), Previous: first.State, Partial: true, Changed: changed}
 	after, _ := apply(t, tables, req, defaultOptions(), nil)
 
-	want, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: threeServices(false)}, defaultOptions(), nil)
+	want, _ := apply(t, ruleset.NewTables(), rules.Request{Snapshot: threeServices(false)}, defaultOptions(), nil)
 	if got := withoutForeign(after); got.Dump() != want.Dump() {
 		t.Errorf("incremental delete next to a foreign rule removed the wrong rules:\n%s", rulestest.Diff(want.Dump(), got.Dump()))
 	}
@@ -80,9 +81,9 @@ func TestForeignRulesNeverShiftDeletes(t *testing.T) {
 // incremental edit that would delete it must fail (so the proxier falls back to a full
 // sync) rather than delete the rule now at its position.
 func TestMissingRuleFailsTheSync(t *testing.T) {
-	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: threeServices(true)}, defaultOptions(), nil)
+	tables, first := apply(t, ruleset.NewTables(), rules.Request{Snapshot: threeServices(true)}, defaultOptions(), nil)
 	nat := tables["nat"]
-	var kept []rulestest.Rule
+	var kept []ruleset.Rule
 	for _, r := range nat.Chains[rules.ChainServices] {
 		if !strings.Contains(r.String(), "ns1/c:p80") {
 			kept = append(kept, r)
@@ -107,7 +108,7 @@ func TestMissingRuleFailsTheSync(t *testing.T) {
 // insert computed from kproxy's view lands one position late; the node-ports jump must
 // still end the chain.
 func TestNodePortsTailStaysLast(t *testing.T) {
-	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: threeServices(false)}, defaultOptions(), nil)
+	tables, first := apply(t, ruleset.NewTables(), rules.Request{Snapshot: threeServices(false)}, defaultOptions(), nil)
 	nat := tables["nat"]
 	nat.Chains[rules.ChainServices] = nat.Chains[rules.ChainServices][1:]
 
@@ -131,7 +132,7 @@ func TestBatchedFullSyncDeletesStaleChainsWithoutDispatchRules(t *testing.T) {
 	}
 	opts := defaultOptions()
 	opts.MaxChainsPerBatch = 10
-	tables, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: b.snap}, opts, nil)
+	tables, _ := apply(t, ruleset.NewTables(), rules.Request{Snapshot: b.snap}, opts, nil)
 
 	opts.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
 	after, rs := apply(t, tables, rules.Request{Snapshot: newSnapshot().snap, ExistingNATChains: chainNames(tables)}, opts, nil)

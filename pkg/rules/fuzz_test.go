@@ -30,6 +30,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // TestMain deletes the fuzz namespace if FuzzRender created one; f.Cleanup does too, this
@@ -608,7 +609,7 @@ func checkFuzzCase(t *testing.T, c *fuzzCase) {
 
 // checkFullRender renders req from scratch, checks it and returns the ruleset and the
 // tables it leaves on a fresh node.
-func checkFullRender(t *testing.T, c *fuzzCase, req rules.Request) (*rules.Ruleset, rulestest.Tables) {
+func checkFullRender(t *testing.T, c *fuzzCase, req rules.Request) (*rules.Ruleset, ruleset.Tables) {
 	t.Helper()
 	snap := req.Snapshot
 	before := copySnapshot(snap)
@@ -626,7 +627,7 @@ func checkFullRender(t *testing.T, c *fuzzCase, req rules.Request) (*rules.Rules
 
 	checkDeclarations(t, rs.Payload(), nil)
 
-	fresh := rulestest.NewTables()
+	fresh := ruleset.NewTables()
 	if err := fresh.Apply(rs.Payload()); err != nil {
 		t.Fatalf("payload rejected by fresh tables: %v\n%s", err, payloadContext(rs.Payload(), err))
 	}
@@ -634,7 +635,7 @@ func checkFullRender(t *testing.T, c *fuzzCase, req rules.Request) (*rules.Rules
 		t.Fatalf("after apply: %v", err)
 	}
 	for _, table := range []string{"filter", "nat", "mangle", "raw"} {
-		for _, ch := range fresh.ChainNames(table, func(c string) bool { return rulestest.IsBuiltin(table, c) }) {
+		for _, ch := range fresh.ChainNames(table, func(c string) bool { return ruleset.IsBuiltin(table, c) }) {
 			if n := len(fresh[table].Chains[ch]); n != 0 {
 				t.Errorf("payload wrote %d rules into built-in chain %s %s", n, table, ch)
 			}
@@ -654,7 +655,7 @@ func checkFullRender(t *testing.T, c *fuzzCase, req rules.Request) (*rules.Rules
 	if rs.DeletedNATChains != 0 {
 		t.Errorf("DeletedNATChains = %d without existing chains", rs.DeletedNATChains)
 	}
-	if orphans := fresh.Unreferenced("nat", rules.IsOwnedServiceChain); len(orphans) > 0 {
+	if orphans := rulestest.Unreferenced(fresh, "nat", rules.IsOwnedServiceChain); len(orphans) > 0 {
 		t.Errorf("owned chains nothing jumps to: %v", orphans)
 	}
 	checkChainHashes(t, fresh, snap)
@@ -676,7 +677,7 @@ func nonNil(s []string) []string {
 }
 
 func payloadContext(payload []byte, err error) string {
-	var le *rulestest.LineError
+	var le *ruleset.LineError
 	if errors.As(err, &le) {
 		return rulestest.LinesAround(payload, le.Line, 5)
 	}
@@ -767,7 +768,7 @@ func expectedChains(t *testing.T, snap *model.Snapshot) map[string]chainOwner {
 // checkChainHashes: every owned chain is named after a service port (and endpoint) of the
 // snapshot, leads only to chains of the same port, and is entered from the dispatch
 // chains only by rules that match that port's addresses and ports.
-func checkChainHashes(t *testing.T, tables rulestest.Tables, snap *model.Snapshot) {
+func checkChainHashes(t *testing.T, tables ruleset.Tables, snap *model.Snapshot) {
 	t.Helper()
 	want := expectedChains(t, snap)
 	nat := tables["nat"]
@@ -864,7 +865,7 @@ func containsAddrString(list []netip.Addr, s string) bool {
 // checkNodePortsTail: the jumps to nat KUBE-NODEPORTS are the last rules of nat
 // KUBE-SERVICES: exactly one when node ports answer on every local address, else one per
 // local address in NodePortAddresses (loopback only with IPv4 localhost node ports).
-func checkNodePortsTail(t *testing.T, c *fuzzCase, tables rulestest.Tables) {
+func checkNodePortsTail(t *testing.T, c *fuzzCase, tables ruleset.Tables) {
 	t.Helper()
 	svcRules := tables["nat"].Chains[rules.ChainServices]
 	first := len(svcRules)
@@ -925,7 +926,7 @@ func checkNoLocalCounts(t *testing.T, c *fuzzCase, snap *model.Snapshot, rs *rul
 // service port's cluster IP, node port, first external IP and first load balancer IP,
 // and compares the outcome with what endpoint selection says. The tracer does not model
 // interface matches, so cases with an interface-based detector are not traced.
-func checkTraces(t *testing.T, c *fuzzCase, snap *model.Snapshot, fresh rulestest.Tables) {
+func checkTraces(t *testing.T, c *fuzzCase, snap *model.Snapshot, fresh ruleset.Tables) {
 	t.Helper()
 	if c.detector == "bridge" || c.detector == "prefix" {
 		return
@@ -936,13 +937,13 @@ func checkTraces(t *testing.T, c *fuzzCase, snap *model.Snapshot, fresh rulestes
 		if _, ok := tb.Chains[j.To]; !ok {
 			tb.Chains[j.To] = nil
 		}
-		tb.Chains[j.From] = append([]rulestest.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
+		tb.Chains[j.From] = append([]ruleset.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
 	}
 	local := []netip.Addr{c.fam.extraLocal}
 	if c.node.IP.IsValid() {
 		local = append(local, c.node.IP)
 	}
-	tracer := &rulestest.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 1 << c.opts.MasqueradeBit}
+	tracer := &ruleset.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 1 << c.opts.MasqueradeBit}
 	// External IPs may be shared; a destination two service ports claim is not traced.
 	claims := map[string]int{}
 	for _, sp := range snap.Services {
@@ -976,7 +977,7 @@ func checkTraces(t *testing.T, c *fuzzCase, snap *model.Snapshot, fresh rulestes
 			return expect{eps: pick(localPolicy), masq: masq, verdict: "ACCEPT"}
 		}
 		trace := func(what string, dst netip.Addr, port int32, want expect) {
-			pkt := rulestest.Packet{Src: c.fam.remote, Dst: dst, Proto: proto, DPort: int(port)}
+			pkt := ruleset.Packet{Src: c.fam.remote, Dst: dst, Proto: proto, DPort: int(port)}
 			got, err := tracer.Trace(pkt)
 			if err != nil {
 				t.Errorf("%s %s: trace failed: %v", name, what, err)
@@ -1032,12 +1033,12 @@ type kernelPartial struct {
 // checkPartial renders the previous snapshot in full, applies it, then renders the
 // current one partially (and in full, with the existing chains listed) on top, and
 // requires both to end as a fresh full render does.
-func checkPartial(t *testing.T, c *fuzzCase, cur *model.Snapshot, full *rules.Ruleset, fresh rulestest.Tables) *kernelPartial {
+func checkPartial(t *testing.T, c *fuzzCase, cur *model.Snapshot, full *rules.Ruleset, fresh ruleset.Tables) *kernelPartial {
 	t.Helper()
 	p := c.partial
 	prevSnap := buildSnapshot(p.prev)
 	prevRS := rules.Render(rules.Request{Snapshot: prevSnap, Node: c.node, LocalAddrs: c.localAddrs}, c.opts)
-	prevTables := rulestest.NewTables()
+	prevTables := ruleset.NewTables()
 	if err := prevTables.Apply(prevRS.Payload()); err != nil {
 		t.Fatalf("previous payload rejected: %v\n%s", err, payloadContext(prevRS.Payload(), err))
 	}
@@ -1268,12 +1269,12 @@ func (k *fuzzKernel) run(v6 bool, payload []byte, args ...string) error {
 	return errors.New(msg)
 }
 
-func (k *fuzzKernel) dump(v6 bool) (rulestest.Tables, error) {
+func (k *fuzzKernel) dump(v6 bool) (ruleset.Tables, error) {
 	out, err := exec.Command("ip", "netns", "exec", k.name, k.save[v6]).Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", k.save[v6], err)
 	}
-	tables := rulestest.NewTables()
+	tables := ruleset.NewTables()
 	if err := tables.Apply(out); err != nil {
 		return nil, fmt.Errorf("parsing %s output: %w\n%s", k.save[v6], err, out)
 	}
@@ -1297,14 +1298,14 @@ func checkKernel(t *testing.T, c *fuzzCase, rs *rules.Ruleset, kp *kernelPartial
 			t.Fatalf("real iptables, %s: %v", what, err)
 		}
 	}
-	state := func(what string) rulestest.Tables {
+	state := func(what string) ruleset.Tables {
 		t.Helper()
 		tables, err := k.dump(v6)
 		must(what, err)
 		return tables
 	}
 
-	fake := rulestest.NewTables()
+	fake := ruleset.NewTables()
 	must("fake apply", fake.Apply(rs.Payload()))
 	payload := rs.Payload()
 	if kp != nil && kp.foreign {
@@ -1314,7 +1315,7 @@ func checkKernel(t *testing.T, c *fuzzCase, rs *rules.Ruleset, kp *kernelPartial
 	must("committing full payload to a clean namespace", k.run(v6, payload))
 	must("--test --noflush full payload on top of itself", k.run(v6, rs.Payload(), "--test", "--noflush"))
 	kFull := state("saving after full payload")
-	if got, want := kFull.Shape(), fake.Shape(); got != want {
+	if got, want := rulestest.Shape(kFull), rulestest.Shape(fake); got != want {
 		t.Fatalf("kernel tables differ in shape from the fake's:\n%s", rulestest.Diff(want, got))
 	}
 	if kp == nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // traceCase is one row of a packet-trace table.
@@ -19,7 +20,7 @@ type traceCase struct {
 	proto     string
 	port      int
 	fromLocal bool
-	// want is "endpoints=a,b masq=bool verdict=X", as rulestest.Result prints.
+	// want is "endpoints=a,b masq=bool verdict=X", as ruleset.Result prints.
 	want string
 }
 
@@ -239,9 +240,9 @@ func runRenderCase(t *testing.T, tc renderCase) {
 	}
 
 	local := []netip.Addr{nodeIP, netip.MustParseAddr("2001:db8::1")}
-	tracer := &rulestest.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 1 << opts.MasqueradeBit}
+	tracer := &ruleset.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 1 << opts.MasqueradeBit}
 	for _, tr := range tc.traces {
-		res, err := tracer.Trace(rulestest.Packet{
+		res, err := tracer.Trace(ruleset.Packet{
 			Src: netip.MustParseAddr(tr.src), Dst: netip.MustParseAddr(tr.dst), Proto: tr.proto, DPort: tr.port, FromLocal: tr.fromLocal,
 		})
 		if err != nil {

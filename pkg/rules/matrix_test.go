@@ -11,7 +11,7 @@ import (
 
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
-	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // masqFixture is upstream's TestInternalExternalMasquerade setup: a Cluster-policy
@@ -78,9 +78,9 @@ func TestInternalExternalMasquerade(t *testing.T) {
 			opts.LocalDetector = rules.LocalDetector{}
 		}
 		tables, _ := applied(t, rules.Request{Snapshot: masqFixture(), Node: testNode}, opts)
-		tracer := &rulestest.Tracer{Tables: tables, LocalAddrs: []netip.Addr{nodeIP}, MasqueradeMark: 0x4000}
+		tracer := &ruleset.Tracer{Tables: tables, LocalAddrs: []netip.Addr{nodeIP}, MasqueradeMark: 0x4000}
 		for _, f := range flows {
-			res, err := tracer.Trace(rulestest.Packet{Src: netip.MustParseAddr(f.src), Dst: netip.MustParseAddr(f.dst), Proto: "tcp", DPort: f.port, FromLocal: f.fromLocal})
+			res, err := tracer.Trace(ruleset.Packet{Src: netip.MustParseAddr(f.src), Dst: netip.MustParseAddr(f.dst), Proto: "tcp", DPort: f.port, FromLocal: f.fromLocal})
 			if err != nil {
 				t.Fatalf("%s / %s: %v", c.name, f.name, err)
 			}
@@ -135,7 +135,7 @@ func TestNodePortsMatrix(t *testing.T) {
 			}
 			tables, _ := applied(t, rules.Request{Snapshot: b.snap, LocalAddrs: addrs(tc.localAddrs...)}, opts)
 			local := addrs("192.168.0.2", "192.168.1.2", "2001:db8::1", "2001:db8:1::2")
-			tracer := &rulestest.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 0x4000}
+			tracer := &ruleset.Tracer{Tables: tables, LocalAddrs: local, MasqueradeMark: 0x4000}
 			want := netip.MustParseAddrPort(epAddr).String()
 			for _, dst := range append(append([]string{}, tc.accepts...), tc.refuses...) {
 				src := "203.0.113.2"
@@ -145,7 +145,7 @@ func TestNodePortsMatrix(t *testing.T) {
 				if netip.MustParseAddr(dst).IsLoopback() {
 					src = dst
 				}
-				res, err := tracer.Trace(rulestest.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: "tcp", DPort: 3001, FromLocal: netip.MustParseAddr(dst).IsLoopback()})
+				res, err := tracer.Trace(ruleset.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: "tcp", DPort: 3001, FromLocal: netip.MustParseAddr(dst).IsLoopback()})
 				if err != nil {
 					t.Fatal(err)
 				}

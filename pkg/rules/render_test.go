@@ -10,7 +10,7 @@ import (
 
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
-	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // Fixture conventions follow upstream's tests so rule text can be compared with theirs:
@@ -57,10 +57,10 @@ func (b *snapshotBuilder) svc(ns, name, port string, proto v1.Protocol, clusterI
 
 // applied renders the snapshot and applies it, with the built-in jumps, to the tables of
 // a fresh node, which is what the kernel would hold after the first sync.
-func applied(t *testing.T, req rules.Request, opts rules.Options) (rulestest.Tables, *rules.Ruleset) {
+func applied(t *testing.T, req rules.Request, opts rules.Options) (ruleset.Tables, *rules.Ruleset) {
 	t.Helper()
 	rs := rules.Render(req, opts)
-	tables := rulestest.NewTables()
+	tables := ruleset.NewTables()
 	if err := tables.Apply(rs.Payload()); err != nil {
 		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload())
 	}
@@ -69,7 +69,7 @@ func applied(t *testing.T, req rules.Request, opts rules.Options) (rulestest.Tab
 		if _, ok := tb.Chains[j.To]; !ok {
 			tb.Chains[j.To] = nil
 		}
-		tb.Chains[j.From] = append([]rulestest.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
+		tb.Chains[j.From] = append([]ruleset.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
 	}
 	return tables, rs
 }
@@ -129,7 +129,7 @@ func TestRuleTextMatchesUpstream(t *testing.T) {
 		}
 	}
 	// The node-ports tail must be the last rule of nat KUBE-SERVICES.
-	tables := rulestest.NewTables()
+	tables := ruleset.NewTables()
 	if err := tables.Apply(rs.Payload()); err != nil {
 		t.Fatal(err)
 	}

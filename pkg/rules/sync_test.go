@@ -12,11 +12,12 @@ import (
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // apply renders req on top of tables (as a running node would) and returns the result.
 // onBatch, if set, is called after each applied batch.
-func apply(t *testing.T, tables rulestest.Tables, req rules.Request, opts rules.Options, onBatch func(rulestest.Tables)) (rulestest.Tables, *rules.Ruleset) {
+func apply(t *testing.T, tables ruleset.Tables, req rules.Request, opts rules.Options, onBatch func(ruleset.Tables)) (ruleset.Tables, *rules.Ruleset) {
 	t.Helper()
 	rs := rules.Render(req, opts)
 	next := tables.Clone()
@@ -31,7 +32,7 @@ func apply(t *testing.T, tables rulestest.Tables, req rules.Request, opts rules.
 	return next, rs
 }
 
-func chainNames(tables rulestest.Tables) []string {
+func chainNames(tables ruleset.Tables) []string {
 	var names []string
 	for c := range tables["nat"].Chains {
 		names = append(names, c)
@@ -51,17 +52,17 @@ func twoServices(withSecondEndpoint bool) *model.Snapshot {
 }
 
 func TestStaleChainsAreDeletedAndOthersKept(t *testing.T) {
-	tables, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(true)}, defaultOptions(), nil)
+	tables, _ := apply(t, ruleset.NewTables(), rules.Request{Snapshot: twoServices(true)}, defaultOptions(), nil)
 	// Another component's chain in nat must survive our syncs.
-	tables["nat"].Chains["CNI-HOSTPORT-DNAT"] = []rulestest.Rule{{"-j", "RETURN"}}
+	tables["nat"].Chains["CNI-HOSTPORT-DNAT"] = []ruleset.Rule{{"-j", "RETURN"}}
 
 	// Endpoint 10.180.0.3 goes away, and service a with it.
 	b := newSnapshot()
 	b.svc("ns1", "b", "p80", tcp, "172.30.0.2", 80, 0, "10.180.0.2:80")
 	after, rs := apply(t, tables, rules.Request{Snapshot: b.snap, ExistingNATChains: chainNames(tables)}, defaultOptions(), nil)
 
-	fresh, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: b.snap}, defaultOptions(), nil)
-	fresh["nat"].Chains["CNI-HOSTPORT-DNAT"] = []rulestest.Rule{{"-j", "RETURN"}}
+	fresh, _ := apply(t, ruleset.NewTables(), rules.Request{Snapshot: b.snap}, defaultOptions(), nil)
+	fresh["nat"].Chains["CNI-HOSTPORT-DNAT"] = []ruleset.Rule{{"-j", "RETURN"}}
 	if after.Dump() != fresh.Dump() {
 		t.Errorf("after deleting, tables differ from a fresh render:\n%s", rulestest.Diff(fresh.Dump(), after.Dump()))
 	}
@@ -75,11 +76,11 @@ func TestStaleChainsAreDeletedAndOthersKept(t *testing.T) {
 // chains are written, the dispatch chains are edited in place, and the result is the
 // tables of a full sync.
 func TestPartialRenderMatchesFull(t *testing.T) {
-	tables, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: twoServices(false)}, defaultOptions(), nil)
+	tables, first := apply(t, ruleset.NewTables(), rules.Request{Snapshot: twoServices(false)}, defaultOptions(), nil)
 	next := twoServices(true)
 	changed := map[types.NamespacedName]bool{{Namespace: "ns1", Name: "b"}: true}
 	partial, prs := apply(t, tables, rules.Request{Snapshot: next, Previous: first.State, Partial: true, Changed: changed}, defaultOptions(), nil)
-	full, frs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: next}, defaultOptions(), nil)
+	full, frs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: next}, defaultOptions(), nil)
 	if partial.Dump() != full.Dump() {
 		t.Errorf("partial sync differs from full sync:\n%s", rulestest.Diff(full.Dump(), partial.Dump()))
 	}
@@ -181,13 +182,13 @@ func TestIncrementalSyncsEqualFullSyncs(t *testing.T) {
 				opts.MaxChainsPerBatch = maxChains
 				c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
 				c.step(20)
-				tables, rs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: c.snapshot(), Node: testNode}, opts, nil)
+				tables, rs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: c.snapshot(), Node: testNode}, opts, nil)
 				for step := 0; step < 15; step++ {
 					changed := c.step(1 + c.rnd.Intn(6))
 					snap := c.snapshot()
 					req := rules.Request{Snapshot: snap, Node: testNode, Previous: rs.State, Partial: true, Changed: changed}
 					tables, rs = apply(t, tables, req, opts, nil)
-					want, wrs := apply(t, rulestest.NewTables(), rules.Request{Snapshot: snap, Node: testNode}, opts, nil)
+					want, wrs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: snap, Node: testNode}, opts, nil)
 					if tables.Dump() != want.Dump() {
 						t.Fatalf("step %d (changed %v): incremental tables differ from a full sync:\n%s", step, changed, rulestest.Diff(want.Dump(), tables.Dump()))
 					}
@@ -215,10 +216,10 @@ func TestBatchedSyncNeverShowsHalfAService(t *testing.T) {
 		c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
 		c.step(30)
 		oldSnap := c.snapshot()
-		before, first := apply(t, rulestest.NewTables(), rules.Request{Snapshot: oldSnap, Node: testNode}, opts, nil)
+		before, first := apply(t, ruleset.NewTables(), rules.Request{Snapshot: oldSnap, Node: testNode}, opts, nil)
 		changed := c.step(15)
 		newSnap := c.snapshot()
-		after, _ := apply(t, rulestest.NewTables(), rules.Request{Snapshot: newSnap, Node: testNode}, opts, nil)
+		after, _ := apply(t, ruleset.NewTables(), rules.Request{Snapshot: newSnap, Node: testNode}, opts, nil)
 
 		// Every cluster IP and node port either snapshot knows, from a pod and from outside.
 		type probe struct {
@@ -235,9 +236,9 @@ func TestBatchedSyncNeverShowsHalfAService(t *testing.T) {
 				}
 			}
 		}
-		trace := func(tables rulestest.Tables, p probe) string {
-			tr := &rulestest.Tracer{Tables: tables, LocalAddrs: []netip.Addr{nodeIP}, MasqueradeMark: 0x4000}
-			res, err := tr.Trace(rulestest.Packet{Src: netip.MustParseAddr(p.src), Dst: netip.MustParseAddr(p.dst), Proto: "tcp", DPort: p.port})
+		trace := func(tables ruleset.Tables, p probe) string {
+			tr := &ruleset.Tracer{Tables: tables, LocalAddrs: []netip.Addr{nodeIP}, MasqueradeMark: 0x4000}
+			res, err := tr.Trace(ruleset.Packet{Src: netip.MustParseAddr(p.src), Dst: netip.MustParseAddr(p.dst), Proto: "tcp", DPort: p.port})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +250,7 @@ func TestBatchedSyncNeverShowsHalfAService(t *testing.T) {
 			if partial {
 				req = rules.Request{Snapshot: newSnap, Node: testNode, Previous: first.State, Partial: true, Changed: changed}
 			}
-			_, rs := apply(t, before, req, opts, func(mid rulestest.Tables) {
+			_, rs := apply(t, before, req, opts, func(mid ruleset.Tables) {
 				for _, p := range probes {
 					got, was, will := trace(mid, p), trace(before, p), trace(after, p)
 					if got != was && got != will {

@@ -1,7 +1,7 @@
 // Package fake is a stateful in-memory iptables.Interface for tests.
 //
 // It holds tables, not a log of calls: Restore parses each payload into
-// in-memory tables with rulestest.Tables.Apply (iptables-restore --noflush
+// in-memory tables with ruleset.Tables.Apply (iptables-restore --noflush
 // semantics, per-table commit, jumps to missing chains rejected), and the
 // other methods edit the same tables. Tests assert on Tables(), the state a
 // real kernel would hold, so they survive changes in how the code under test
@@ -30,7 +30,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
-	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
 
 // restoreCmd is what a fake *iptables.ParseError names as the failing command.
@@ -43,7 +43,7 @@ type Fake struct {
 	backend iptables.Backend
 
 	mu           sync.Mutex
-	tables       rulestest.Tables
+	tables       ruleset.Tables
 	restoreCalls int
 	lastPayload  []byte
 	// failures are returned, in order, by the next Restore calls instead of
@@ -60,7 +60,7 @@ var _ iptables.Interface = (*Fake)(nil)
 // New returns a Fake for family and backend holding the tables of a fresh
 // network namespace: built-in chains only.
 func New(family v1.IPFamily, backend iptables.Backend) *Fake {
-	return &Fake{family: family, backend: backend, tables: rulestest.NewTables()}
+	return &Fake{family: family, backend: backend, tables: ruleset.NewTables()}
 }
 
 // Family implements iptables.Interface.
@@ -71,7 +71,7 @@ func (f *Fake) Backend() iptables.Backend { return f.backend }
 
 // Tables returns a copy of the current state; changing it does not change the
 // fake.
-func (f *Fake) Tables() rulestest.Tables {
+func (f *Fake) Tables() ruleset.Tables {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.tables.Clone()
@@ -79,7 +79,7 @@ func (f *Fake) Tables() rulestest.Tables {
 
 // SetTables replaces the current state with a copy of t, for tests that start
 // from rules left by a previous run or by another program.
-func (f *Fake) SetTables(t rulestest.Tables) {
+func (f *Fake) SetTables(t ruleset.Tables) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tables = t.Clone()
@@ -180,7 +180,7 @@ func (f *Fake) applyRejecting(payload []byte) error {
 			if err := f.tables.Apply([]byte(strings.Join(lines[:tableStart], ""))); err != nil {
 				return restoreError(err)
 			}
-			return restoreError(&rulestest.LineError{Line: i + 1, Err: errors.New("rule rejected by the kernel")})
+			return restoreError(&ruleset.LineError{Line: i + 1, Err: errors.New("rule rejected by the kernel")})
 		}
 	}
 	if err := f.tables.Apply(payload); err != nil {
@@ -191,7 +191,7 @@ func (f *Fake) applyRejecting(payload []byte) error {
 
 // restoreError turns an Apply error into what the real Restore returns.
 func restoreError(err error) error {
-	var le *rulestest.LineError
+	var le *ruleset.LineError
 	if errors.As(err, &le) {
 		return fmt.Errorf("iptables restore failed: %w", &iptables.ParseError{
 			Line:   le.Line,
@@ -221,7 +221,7 @@ func (f *Fake) SaveChains(ctx context.Context, table string) ([]string, error) {
 		chains = append(chains, c)
 	}
 	sort.Slice(chains, func(i, j int) bool {
-		bi, bj := rulestest.IsBuiltin(table, chains[i]), rulestest.IsBuiltin(table, chains[j])
+		bi, bj := ruleset.IsBuiltin(table, chains[i]), ruleset.IsBuiltin(table, chains[j])
 		if bi != bj {
 			return bi
 		}
@@ -288,7 +288,7 @@ func (f *Fake) RuleExists(ctx context.Context, table, chain string, args ...stri
 	if err != nil {
 		return false, err
 	}
-	want := rulestest.Rule(args).String()
+	want := ruleset.Rule(args).String()
 	for _, r := range rules {
 		if r.String() == want {
 			return true, nil
@@ -312,7 +312,7 @@ func (f *Fake) EnsureRule(ctx context.Context, table, chain string, args ...stri
 	if err != nil {
 		return err
 	}
-	want := rulestest.Rule(args).String()
+	want := ruleset.Rule(args).String()
 	for _, r := range rules {
 		if r.String() == want {
 			return nil
@@ -337,7 +337,7 @@ func (f *Fake) DeleteRule(ctx context.Context, table, chain string, args ...stri
 	if err != nil {
 		return nil // a missing table or chain holds no rule to delete
 	}
-	want := rulestest.Rule(args).String()
+	want := ruleset.Rule(args).String()
 	for i, r := range rules {
 		if r.String() == want {
 			// Delete by position: rule arguments that happen to be a single
@@ -369,7 +369,7 @@ func (f *Fake) ChainExists(ctx context.Context, table, chain string) (bool, erro
 
 // chain returns the rules of table's chain, or an error worded like
 // iptables' when either is missing. Callers hold f.mu.
-func (f *Fake) chain(table, chain string) ([]rulestest.Rule, error) {
+func (f *Fake) chain(table, chain string) ([]ruleset.Rule, error) {
 	tb, ok := f.tables[table]
 	if !ok {
 		return nil, fmt.Errorf("fake iptables -t %s: table does not exist", table)

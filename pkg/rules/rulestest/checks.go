@@ -10,53 +10,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
-
-// Value returns the argument that follows flag in the rule (e.g. "--dport", "-d"), or ""
-// when the flag is absent.
-func (r Rule) Value(flag string) string { return valueOf(r, flag) }
-
-// Comment returns the rule's --comment text, or "" when it has none.
-func (r Rule) Comment() string { return valueOf(r, "--comment") }
-
-// CheckJumps returns an error naming a rule that jumps to a chain missing from its table,
-// or nil. Apply already refuses such a commit; this states the invariant explicitly for
-// tables that were built or edited by hand.
-func (t Tables) CheckJumps() error {
-	names := make([]string, 0, len(t))
-	for n := range t {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := t[n].checkJumps(n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ChainNames lists, sorted, the chains of table for which keep returns true (every chain
-// when keep is nil).
-func (t Tables) ChainNames(table string, keep func(chain string) bool) []string {
-	tb, ok := t[table]
-	if !ok {
-		return nil
-	}
-	var names []string
-	for c := range tb.Chains {
-		if keep == nil || keep(c) {
-			names = append(names, c)
-		}
-	}
-	sort.Strings(names)
-	return names
-}
 
 // Unreferenced lists, sorted, the chains of table for which keep returns true that no
 // rule of the table jumps to: orphans, when keep selects chains that only make sense as
 // jump targets.
-func (t Tables) Unreferenced(table string, keep func(chain string) bool) []string {
+func Unreferenced(t ruleset.Tables, table string, keep func(chain string) bool) []string {
 	tb, ok := t[table]
 	if !ok {
 		return nil
@@ -83,7 +44,7 @@ func (t Tables) Unreferenced(table string, keep func(chain string) bool) []strin
 // chains only when they hold rules), "table chain: target target ...", with "-" for a
 // rule without a target. Tables written by different tools, such as our payload and
 // the canonical rewrite iptables-save prints, can be compared through it.
-func (t Tables) Shape() string {
+func Shape(t ruleset.Tables) string {
 	var b strings.Builder
 	names := make([]string, 0, len(t))
 	for n := range t {
@@ -93,7 +54,7 @@ func (t Tables) Shape() string {
 	for _, n := range names {
 		for _, c := range t.ChainNames(n, nil) {
 			rules := t[n].Chains[c]
-			if IsBuiltin(n, c) && len(rules) == 0 {
+			if ruleset.IsBuiltin(n, c) && len(rules) == 0 {
 				continue
 			}
 			fmt.Fprintf(&b, "%s %s:", n, c)
@@ -126,11 +87,11 @@ func DeclaredChains(payload []byte) (map[string][]string, error) {
 			table = ""
 		case strings.HasPrefix(line, ":"):
 			if table == "" {
-				return nil, &LineError{Line: lineNo, Err: errors.New("chain declared outside a table")}
+				return nil, &ruleset.LineError{Line: lineNo, Err: errors.New("chain declared outside a table")}
 			}
 			fields := strings.Fields(line[1:])
 			if len(fields) == 0 {
-				return nil, &LineError{Line: lineNo, Err: errors.New("empty chain declaration")}
+				return nil, &ruleset.LineError{Line: lineNo, Err: errors.New("empty chain declaration")}
 			}
 			declared[table] = append(declared[table], fields[0])
 		}

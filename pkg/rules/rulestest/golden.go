@@ -1,3 +1,6 @@
+// Package rulestest holds what rule tests need beyond the ruleset itself (pkg/ruleset:
+// tables, restore parsing, packet tracer): golden files with an -update flag, a line
+// diff, and structural checks of rendered payloads.
 package rulestest
 
 import (
@@ -9,6 +12,10 @@ import (
 )
 
 var update = flag.Bool("update", false, "rewrite golden files with the current output")
+
+// Updating reports whether the test runs with -update, for tests that regenerate
+// testdata other than golden files (such as real iptables-save output).
+func Updating() bool { return *update }
 
 // Golden compares got with the golden file testdata/<name>.golden, or rewrites the file
 // when the test runs with -update. Golden diffs are reviewed like code.

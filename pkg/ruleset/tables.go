@@ -1,13 +1,11 @@
-// Package rulestest holds what tests need to reason about rendered rules: a parser and
-// applier of iptables-restore payloads into in-memory tables (shared by the stateful fake
-// in pkg/iptables/fake), a canonical dump for golden files, and a packet tracer.
-package rulestest
+package ruleset
 
 import (
 	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,9 +36,36 @@ func (r Rule) Target() string {
 	return ""
 }
 
+// Value returns the argument that follows flag in the rule (e.g. "--dport", "-d"), or ""
+// when the flag is absent.
+func (r Rule) Value(flag string) string { return valueOf(r, flag) }
+
+// Comment returns the rule's --comment text, or "" when it has none.
+func (r Rule) Comment() string { return valueOf(r, "--comment") }
+
+func valueOf(args []string, flag string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
 // Table is one netfilter table: its chains, each an ordered list of rules.
 type Table struct {
 	Chains map[string][]Rule
+	// Policies are the policies ("ACCEPT" or "DROP") the text gave built-in chains; a
+	// built-in chain without one has the kernel's default, ACCEPT.
+	Policies map[string]string
+}
+
+// Policy is the policy of built-in chain: what happens to a packet that reaches its end.
+func (tb *Table) Policy(chain string) string {
+	if p := tb.Policies[chain]; p != "" {
+		return p
+	}
+	return "ACCEPT"
 }
 
 // Tables is a whole ruleset, by table name.
@@ -53,10 +78,15 @@ var builtinChains = map[string][]string{
 	"raw":    {"PREROUTING", "OUTPUT"},
 }
 
-// targets are the jump targets that are extensions rather than chains.
+// targets are the jump targets that are extensions rather than chains: kube-proxy's, and
+// those other components (CNI plugins, Docker, firewalls) leave in a node's tables, so
+// that a real iptables-save reads without "jump to a missing chain".
 var targets = map[string]bool{
 	"ACCEPT": true, "DROP": true, "REJECT": true, "RETURN": true, "DNAT": true, "SNAT": true,
 	"MASQUERADE": true, "MARK": true, "CONNMARK": true, "LOG": true, "NOTRACK": true, "CT": true,
+	"REDIRECT": true, "NETMAP": true, "NFLOG": true, "NFQUEUE": true, "TPROXY": true, "TCPMSS": true,
+	"CHECKSUM": true, "CLASSIFY": true, "TRACE": true, "SET": true, "AUDIT": true, "DSCP": true,
+	"TOS": true, "TTL": true, "HL": true, "TEE": true, "SECMARK": true, "CONNSECMARK": true,
 }
 
 // IsBuiltin reports whether chain is one of table's built-in chains.
@@ -87,7 +117,7 @@ func newTable(name string) *Table {
 }
 
 func (tb *Table) clone() *Table {
-	c := &Table{Chains: make(map[string][]Rule, len(tb.Chains))}
+	c := &Table{Chains: make(map[string][]Rule, len(tb.Chains)), Policies: maps.Clone(tb.Policies)}
 	for name, rules := range tb.Chains {
 		c.Chains[name] = append([]Rule(nil), rules...)
 	}
@@ -179,7 +209,14 @@ func (tb *Table) applyLine(table, line string) error {
 		}
 		chain := fields[0]
 		if IsBuiltin(table, chain) {
-			return nil // policy line; policies are not modelled
+			// ":INPUT DROP [0:0]" sets the policy, as iptables-restore does; "-" keeps it.
+			if len(fields) > 1 && (fields[1] == "ACCEPT" || fields[1] == "DROP") {
+				if tb.Policies == nil {
+					tb.Policies = map[string]string{}
+				}
+				tb.Policies[chain] = fields[1]
+			}
+			return nil
 		}
 		tb.Chains[chain] = nil
 		return nil
@@ -387,6 +424,40 @@ func (t Tables) Dump() string {
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
+}
+
+// CheckJumps returns an error naming a rule that jumps to a chain missing from its table,
+// or nil. Apply already refuses such a commit; this states the invariant explicitly for
+// tables that were built or edited by hand.
+func (t Tables) CheckJumps() error {
+	names := make([]string, 0, len(t))
+	for n := range t {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := t[n].checkJumps(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ChainNames lists, sorted, the chains of table for which keep returns true (every chain
+// when keep is nil).
+func (t Tables) ChainNames(table string, keep func(chain string) bool) []string {
+	tb, ok := t[table]
+	if !ok {
+		return nil
+	}
+	var names []string
+	for c := range tb.Chains {
+		if keep == nil || keep(c) {
+			names = append(names, c)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 // RuleCount counts the rules in a table's chains.
