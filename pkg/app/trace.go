@@ -268,12 +268,9 @@ func tracePacketOf(req traceRequest, nodeIPs []netip.Addr) (ruleset.Packet, erro
 	return pkt, nil
 }
 
-// Verdict actions of a trace report.
+// Verdict actions of a trace report, besides the tracer's own (ruleset.Verdict*).
 const (
 	traceDNAT       = "DNAT"
-	traceReject     = "REJECT"
-	traceDrop       = "DROP"
-	traceAccept     = "ACCEPT"
 	traceNoService  = "NOT_A_SERVICE"
 	traceMixed      = "MIXED"
 	directionArrive = "arriving"
@@ -472,7 +469,7 @@ func pathVerdict(p ruleset.Path) traceVerdict {
 	for _, s := range p.Steps {
 		// The node-ports jump is taken by every packet to a node address.
 		if slices.Contains(serviceChains, s.Chain) && s.Target != rules.ChainNodePorts {
-			return traceVerdict{Action: traceAccept, Reason: "ACCEPT, not DNATed, after " + stepName(s), By: by}
+			return traceVerdict{Action: ruleset.VerdictAccept, Reason: "ACCEPT, not DNATed, after " + stepName(s), By: by}
 		}
 	}
 	return traceVerdict{Action: traceNoService, Reason: fmt.Sprintf("not a Service address: no rule of nat %s or %s matched", rules.ChainServices, rules.ChainNodePorts)}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -242,7 +243,25 @@ kubeproxy_iptables_ct_state_invalid_dropped_packets_total 7
 // upstream kube-proxy gets from component-base: the build info, process and Go metrics, and
 // client-go's request metrics once a request was made.
 func TestGathererServesUpstreamsExtras(t *testing.T) {
-	g, err := NewGatherer(NewNFAcctCollector(fakeCounters{"invalid": 1}, "invalid", "localhost"))
+	families := gatherAfterAnAPIRequest(t, NewNFAcctCollector(fakeCounters{"invalid": 1}, "invalid", "localhost"))
+	got := map[string]bool{}
+	for _, f := range families {
+		got[f.GetName()] = true
+	}
+	for _, name := range []string{"kubernetes_build_info", "process_resident_memory_bytes", "go_goroutines",
+		"rest_client_requests_total", "rest_client_request_duration_seconds",
+		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total", "kubeproxy_sync_proxy_rules_endpoint_changes_total"} {
+		if !got[name] {
+			t.Errorf("%s not gathered", name)
+		}
+	}
+}
+
+// gatherAfterAnAPIRequest gathers what /metrics serves, with extra, after one client-go
+// request, which is what makes client-go's rest_client_* metrics appear.
+func gatherAfterAnAPIRequest(t *testing.T, extra ...prometheus.Collector) []*dto.MetricFamily {
+	t.Helper()
+	g, err := NewGatherer(extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,15 +281,5 @@ func TestGathererServesUpstreamsExtras(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]bool{}
-	for _, f := range families {
-		got[f.GetName()] = true
-	}
-	for _, name := range []string{"kubernetes_build_info", "process_resident_memory_bytes", "go_goroutines",
-		"rest_client_requests_total", "rest_client_request_duration_seconds",
-		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total", "kubeproxy_sync_proxy_rules_endpoint_changes_total"} {
-		if !got[name] {
-			t.Errorf("%s not gathered", name)
-		}
-	}
+	return families
 }

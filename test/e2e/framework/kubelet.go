@@ -70,10 +70,17 @@ func (c *Cluster) RunPod(ctx context.Context, pod *v1.Pod) (*v1.Pod, error) {
 	}
 	pod = pod.DeepCopy()
 	pod.Spec.NodeName = slot.Node
+	return c.startPod(ctx, pod, c.Node(slot.Node).IP, slot.IP, v1.PodQOSBestEffort, slot.NetNS)
+}
+
+// startPod creates pod and then, as the kubelet would, reports it Running and Ready on a
+// node at hostIP with podIP, every container running (their IDs name netns, where the
+// test harness runs them). It returns the pod as stored.
+func (c *Cluster) startPod(ctx context.Context, pod *v1.Pod, hostIP, podIP string, qos v1.PodQOSClass, netns string) (*v1.Pod, error) {
 	var created *v1.Pod
 	// Until the service account controller has made the namespace's "default" service
 	// account, admission refuses pods.
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, apiTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, apiTimeout, true, func(ctx context.Context) (bool, error) {
 		var err error
 		created, err = c.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil && strings.Contains(err.Error(), "service account") {
@@ -84,27 +91,28 @@ func (c *Cluster) RunPod(ctx context.Context, pod *v1.Pod) (*v1.Pod, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	node := c.Node(slot.Node)
 	now := metav1.Now()
 	created.Status = v1.PodStatus{
 		Phase:     v1.PodRunning,
-		HostIP:    node.IP,
-		HostIPs:   []v1.HostIP{{IP: node.IP}},
-		PodIP:     slot.IP,
-		PodIPs:    []v1.PodIP{{IP: slot.IP}},
+		HostIP:    hostIP,
+		HostIPs:   []v1.HostIP{{IP: hostIP}},
+		PodIP:     podIP,
+		PodIPs:    []v1.PodIP{{IP: podIP}},
 		StartTime: &now,
-		QOSClass:  v1.PodQOSBestEffort,
+		QOSClass:  qos,
 		Conditions: []v1.PodCondition{
 			{Type: v1.PodScheduled, Status: v1.ConditionTrue, LastTransitionTime: now},
 			{Type: v1.PodInitialized, Status: v1.ConditionTrue, LastTransitionTime: now},
 			{Type: v1.ContainersReady, Status: v1.ConditionTrue, LastTransitionTime: now},
 			{Type: v1.PodReady, Status: v1.ConditionTrue, LastTransitionTime: now},
 		},
-		ContainerStatuses: []v1.ContainerStatus{{
-			Name: "echo", Ready: true, Started: ptr.To(true), Image: "kpx-echo", ImageID: "kpx-echo",
-			ContainerID: "kpx://" + slot.NetNS,
+	}
+	for _, ctr := range created.Spec.Containers {
+		created.Status.ContainerStatuses = append(created.Status.ContainerStatuses, v1.ContainerStatus{
+			Name: ctr.Name, Ready: true, Started: ptr.To(true), Image: ctr.Image, ImageID: ctr.Image,
+			ContainerID: "kpx://" + netns + "/" + ctr.Name,
 			State:       v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: now}},
-		}},
+		})
 	}
 	updated, err := c.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
 	if err != nil {

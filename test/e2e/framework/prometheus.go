@@ -20,9 +20,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/utils/ptr"
 )
 
 // RunHostNetworkPod creates pod, a host-network pod bound to one of the cluster's nodes
@@ -44,47 +41,7 @@ func (c *Cluster) RunHostNetworkPod(ctx context.Context, pod *v1.Pod) (*v1.Pod, 
 	if node == nil {
 		return nil, fmt.Errorf("pod %s/%s: spec.nodeName %q is none of the cluster's nodes", pod.Namespace, pod.Name, pod.Spec.NodeName)
 	}
-	var created *v1.Pod
-	// As in RunPod: admission refuses pods until the namespace's service account exists.
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, apiTimeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		created, err = c.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-		if err != nil && strings.Contains(err.Error(), "service account") {
-			return false, nil
-		}
-		return err == nil, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	now := metav1.Now()
-	created.Status = v1.PodStatus{
-		Phase:     v1.PodRunning,
-		HostIP:    node.IP,
-		HostIPs:   []v1.HostIP{{IP: node.IP}},
-		PodIP:     node.IP,
-		PodIPs:    []v1.PodIP{{IP: node.IP}},
-		StartTime: &now,
-		QOSClass:  v1.PodQOSBurstable,
-		Conditions: []v1.PodCondition{
-			{Type: v1.PodScheduled, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.PodInitialized, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.ContainersReady, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.PodReady, Status: v1.ConditionTrue, LastTransitionTime: now},
-		},
-	}
-	for _, ctr := range created.Spec.Containers {
-		created.Status.ContainerStatuses = append(created.Status.ContainerStatuses, v1.ContainerStatus{
-			Name: ctr.Name, Ready: true, Started: ptr.To(true), Image: ctr.Image, ImageID: ctr.Image,
-			ContainerID: "kpx://" + node.NetNS + "/" + ctr.Name,
-			State:       v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: now}},
-		})
-	}
-	updated, err := c.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("reporting pod %s/%s running: %w", pod.Namespace, pod.Name, err)
-	}
-	return updated, nil
+	return c.startPod(ctx, pod, node.IP, node.IP, v1.PodQOSBurstable, node.NetNS)
 }
 
 // KubernetesSDAccess returns what a kubernetes_sd_configs entry needs to reach this
