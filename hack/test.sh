@@ -4,8 +4,9 @@
 # network namespaces and send real traffic, the benchmark smoke, the e2e tests against a
 # real kube-apiserver (hack/e2e.sh; its first run builds the control plane and upstream
 # kube-proxy, about 25 minutes on 2 cores, cached after) and a bounded differential run
-# against upstream kube-proxy (hack/diff.sh). Not root: privileged, e2e and differential
-# tests skip with a message.
+# against upstream kube-proxy (hack/diff.sh), and the OCI image (hack/image.sh builds it from
+# Debian's packages, hack/image-test.sh checks it). Not root: privileged, e2e, differential
+# and image tests skip with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -22,6 +23,9 @@ go test -count=1 -p 1 "$@" ./...
 
 if [ "$(id -u)" -eq 0 ]; then
   hack/e2e.sh
+  # The image operators run, built without a Docker engine, and checked as a runtime sees it.
+  hack/image.sh
+  hack/image-test.sh
   # A bounded differential run against upstream kube-proxy; make diff runs 200 sequences.
   KPROXY_DIFF_SEQUENCES=${KPROXY_DIFF_SEQUENCES:-6} hack/diff.sh
 else

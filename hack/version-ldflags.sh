@@ -5,6 +5,7 @@
 # v0.0.0-<commit>, "-dirty" with uncommitted changes); without git it stays
 # component-base's default.
 # KPROXY_VERSION overrides it (the Dockerfile passes it as a build argument).
+# With --version it prints only the version (hack/image.sh tags the image with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg=k8s.io/component-base/version
@@ -18,6 +19,10 @@ if git rev-parse --git-dir > /dev/null 2>&1; then
   commit=$(git rev-parse HEAD)
   state=clean
   [ -z "$(git status --porcelain)" ] || state=dirty
+fi
+if [ "${1:-}" = --version ]; then
+  echo "${version:-v0.0.0-unknown}"
+  exit 0
 fi
 flags="-X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 [ -z "$version" ] || flags+=" -X $pkg.gitVersion=$version"
