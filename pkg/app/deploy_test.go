@@ -1,13 +1,17 @@
 package app
 
 import (
+	"encoding/json"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kproxy-dev/kproxy/pkg/config"
 )
@@ -53,5 +57,57 @@ func TestDeployManifestsAreValid(t *testing.T) {
 		if _, err := os.Stat(path); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestReplaceKubeProxyPatch applies deploy/replace-kube-proxy's patch to kubeadm's
+// kube-proxy DaemonSet as `kubectl patch` does (a strategic merge) and checks the swap
+// changes what it must and keeps the rest: kproxy's image and probes, and kubeadm's
+// command (which kproxy parses as its own flags), ConfigMap, service account and mounts.
+func TestReplaceKubeProxyPatch(t *testing.T) {
+	read := func(path string) []byte {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, err := yaml.YAMLToJSON(data)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		return js
+	}
+	original := read("testdata/kubeadm-kube-proxy-daemonset.yaml")
+	patched, err := strategicpatch.StrategicMergePatch(original, read("../../deploy/replace-kube-proxy/daemonset-patch.yaml"), appsv1.DaemonSet{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after appsv1.DaemonSet
+	if err := json.Unmarshal(original, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(patched, &after); err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("patched DaemonSet has %d containers, want 1 (the patch must merge by name)", len(after.Spec.Template.Spec.Containers))
+	}
+	c, was := after.Spec.Template.Spec.Containers[0], before.Spec.Template.Spec.Containers[0]
+	if !strings.HasPrefix(c.Image, "ghcr.io/kproxy-dev/kproxy:") {
+		t.Errorf("image %q, want kproxy's", c.Image)
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
+		t.Errorf("probes %+v / %+v, want /readyz and /livez", c.ReadinessProbe, c.LivenessProbe)
+	}
+	if !reflect.DeepEqual(c.Command, was.Command) || !reflect.DeepEqual(c.VolumeMounts, was.VolumeMounts) || !reflect.DeepEqual(c.Env, was.Env) ||
+		!reflect.DeepEqual(after.Spec.Template.Spec.Volumes, before.Spec.Template.Spec.Volumes) ||
+		after.Spec.Template.Spec.ServiceAccountName != "kube-proxy" || !reflect.DeepEqual(c.SecurityContext, was.SecurityContext) {
+		t.Errorf("the patch changed what it must keep:\nbefore %+v\nafter  %+v", was, c)
+	}
+	if c.Command[0] != "/usr/local/bin/kube-proxy" {
+		t.Fatalf("command %v", c.Command)
+	}
+	cmd := NewCommand()
+	if err := cmd.ParseFlags(c.Command[1:]); err != nil {
+		t.Errorf("kubeadm's arguments %v: %v", c.Command[1:], err)
 	}
 }
