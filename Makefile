@@ -1,5 +1,5 @@
 # A thin menu over hack/*.sh; every target's logic lives in its script.
-.PHONY: all build test verify bench render demo e2e diff clean
+.PHONY: all build test verify bench bench-daemon render demo e2e diff image clean
 
 all: build
 
@@ -15,6 +15,9 @@ verify:
 bench:
 	hack/bench.sh
 
+bench-daemon:
+	hack/bench-daemon.sh
+
 render:
 	hack/render.sh
 
@@ -26,6 +29,9 @@ e2e:
 
 diff:
 	hack/diff.sh
+
+image:
+	hack/image.sh
 
 clean:
 	rm -rf bin

@@ -7,6 +7,9 @@
 #     stdout (progress on stderr); the host's own rules are never touched.
 #
 # Usage: hack/bench.sh [-smoke] [hack/bench flags]
+#        hack/bench.sh -daemon [-smoke] [hack/bench/daemon flags]
+#   -daemon                the daemon tier instead: the real kproxy and upstream kube-proxy
+#                          on an e2e cluster node (hack/bench-daemon.sh; make bench-daemon)
 #   -smoke                 CI smoke: 1,000 services x 5 endpoints, one run, both backends,
 #                          short timeouts (about 10 s of measurement)
 #   -sizes 1000x5,10kx5    cluster shapes (default 1000x5,5000x5,10000x5,100x1000)
@@ -16,6 +19,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
+
+if [ "${1:-}" = -daemon ] || [ "${1:-}" = --daemon ]; then
+  shift
+  exec hack/bench-daemon.sh "$@"
+fi
 
 smoke=false
 for arg in "$@"; do

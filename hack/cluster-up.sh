@@ -286,9 +286,10 @@ nsx "$cp_ns" "$E2E_BIN/kpx-cluster" bootstrap -state "$STATE_DIR" -rbac "$REPO_R
 
 # --- kproxy on every node -------------------------------------------------------------------
 # The DaemonSet's arguments and the ConfigMap's config.conf, unchanged but for the
-# kubeconfig that a pod would not need (kubeadm's kube-proxy ConfigMap sets it the same way).
-config_conf=$(sed -n '/^  config.conf: |$/,$p' "$REPO_ROOT/deploy/configmap.yaml" | tail -n +2 | sed 's/^    //')
-grep -q '^  kubeconfig: ""$' <<< "$config_conf" || die "deploy/configmap.yaml: no 'kubeconfig: \"\"' in config.conf"
+# kubeconfig: the ConfigMap's reaches the API server with a pod's service account token,
+# which processes started by hand have no file for.
+config_conf=$(sed -n '/^  config.conf: |$/,/^  [a-z.]*: |$/p' "$REPO_ROOT/deploy/configmap.yaml" | sed '1d;$d' | sed -n '/^    /p' | sed 's/^    //')
+grep -q '^  kubeconfig: /var/lib/kproxy/kubeconfig.conf$' <<< "$config_conf" || die "deploy/configmap.yaml: config.conf does not use /var/lib/kproxy/kubeconfig.conf"
 case "$KPROXY_IDENTITY" in
   kube-proxy) kproxy_kubeconfig=$STATE_DIR/kube-proxy.kubeconfig ;;
   serviceaccount) kproxy_kubeconfig=$STATE_DIR/kproxy-sa.kubeconfig ;;
@@ -297,7 +298,7 @@ esac
 for ((i = 1; i <= NODES; i++)); do
   dir=$STATE_DIR/$(node_name "$i")
   mkdir -p "$dir"
-  sed "s#^  kubeconfig: \"\"\$#  kubeconfig: $kproxy_kubeconfig#" <<< "$config_conf" > "$dir/config.conf"
+  sed "s#^  kubeconfig: /var/lib/kproxy/kubeconfig.conf\$#  kubeconfig: $kproxy_kubeconfig#" <<< "$config_conf" > "$dir/config.conf"
   # Each node has its own xtables lock, as separate machines would; the host's
   # /run/xtables.lock is left alone.
   # shellcheck disable=SC2086 # KPROXY_EXTRA_ARGS is a list of words.

@@ -76,7 +76,7 @@ func TestSmoke(t *testing.T) {
 		if ch.PayloadBytes == 0 || len(ch.Renders) != cfg.Renders || ch.NATRules < c.Shape.Services*c.Shape.Endpoints {
 			t.Errorf("%s %s: render: %d bytes, %d renders, %d nat rules", c.Shape, c.Backend, ch.PayloadBytes, len(ch.Renders), ch.NATRules)
 		}
-		if !ch.Full.ok() || !r.Bare.ok() {
+		if !ch.Full.OK() || !r.Bare.OK() {
 			t.Logf("%s %s: full sync %+v, bare restore %+v (timeouts are not failures)", c.Shape, c.Backend, ch.Full, r.Bare)
 			continue
 		}
@@ -103,73 +103,4 @@ func TestSmoke(t *testing.T) {
 	if prefix := "kbench-" + strconv.Itoa(os.Getpid()) + "-"; strings.Contains(string(out), prefix) {
 		t.Errorf("namespaces left behind:\n%s", out)
 	}
-}
-
-func TestParseShapes(t *testing.T) {
-	got, err := parseShapes("1000x5, 10kx5,100x1000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []shape{{1000, 5}, {10000, 5}, {100, 1000}}
-	if len(got) != len(want) {
-		t.Fatalf("got %v, want %v", got, want)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("shape %d: got %v, want %v", i, got[i], want[i])
-		}
-	}
-	for _, bad := range []string{"", "1000", "x5", "0x5", "1000x", "ax5", "20000000x1"} {
-		if _, err := parseShapes(bad); err == nil {
-			t.Errorf("parseShapes(%q): no error", bad)
-		}
-	}
-}
-
-func TestMedianCells(t *testing.T) {
-	timeout := 120 * time.Second
-	for _, tc := range []struct {
-		name string
-		ms   []measurement
-		want string
-	}{
-		{"odd", []measurement{{Seconds: 3}, {Seconds: 1}, {Seconds: 2}}, "2.00 s"},
-		{"timeout is slowest", []measurement{{Seconds: 1}, {TimedOut: true}, {Seconds: 2}}, "2.00 s"},
-		{"mostly timeouts", []measurement{{Seconds: 1}, {TimedOut: true}, {TimedOut: true}}, ">120 s"},
-		{"skips ignored", []measurement{{Skipped: true}, {Seconds: 0.25}}, "250 ms"},
-		{"nothing", []measurement{{Skipped: true}}, "—"},
-		{"error shows", []measurement{{Seconds: 1}, {Err: "boom"}}, "error"},
-	} {
-		if got := fmtMedian(tc.ms, timeout); got != tc.want {
-			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
-		}
-	}
-}
-
-// The generated addresses must not collide: a clash would merge endpoints and make the
-// payload smaller than the shape says.
-func TestGeneratedAddressesAreDistinct(t *testing.T) {
-	s := shape{Services: 300, Endpoints: 5}
-	seen := map[string]string{}
-	add := func(addr, what string) {
-		if prev, ok := seen[addr]; ok {
-			t.Fatalf("%s has address %s, as %s", what, addr, prev)
-		}
-		seen[addr] = what
-	}
-	for i := range s.Services {
-		add(service(i).Spec.ClusterIP, "service")
-		for _, sl := range s.slices(i) {
-			for _, ep := range sl.Endpoints {
-				add(ep.Addresses[0], "endpoint")
-			}
-		}
-	}
-	svc, slices := s.addedService(3)
-	add(svc.Spec.ClusterIP, "added service")
-	for _, ep := range slices[0].Endpoints {
-		add(ep.Addresses[0], "added endpoint")
-	}
-	_, after := s.changedSlice(2, 2)
-	add(after.Endpoints[0].Addresses[0], "changed endpoint")
 }

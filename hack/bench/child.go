@@ -1,17 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/measure"
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/synth"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 	"github.com/kproxy-dev/kproxy/pkg/model"
 	"github.com/kproxy-dev/kproxy/pkg/proxier"
@@ -34,7 +34,7 @@ const childEnv = "KPROXY_BENCH_CHILD"
 
 // childSpec is what one child measures: one cluster shape on one backend.
 type childSpec struct {
-	Shape   shape            `json:"shape"`
+	Shape   synth.Shape      `json:"shape"`
 	Backend iptables.Backend `json:"backend"`
 	// Renders is how many timed renders of the snapshot to make.
 	Renders int `json:"renders"`
@@ -51,17 +51,6 @@ type childSpec struct {
 	// for this backend.
 	MaxChainsPerBatch int `json:"maxChainsPerBatch"`
 }
-
-// measurement is one timed operation.
-type measurement struct {
-	Seconds  float64 `json:"seconds"`
-	TimedOut bool    `json:"timedOut,omitempty"`
-	// Skipped: not attempted (no time left, or an earlier step failed).
-	Skipped bool   `json:"skipped,omitempty"`
-	Err     string `json:"err,omitempty"`
-}
-
-func (m measurement) ok() bool { return !m.TimedOut && !m.Skipped && m.Err == "" }
 
 // renderSample is one render of the full snapshot, its payload joined into one input.
 type renderSample struct {
@@ -80,14 +69,6 @@ type syncIO struct {
 	SaveSeconds float64 `json:"saveSeconds"`
 }
 
-// cpuTimes splits a sync's CPU time between kproxy itself and the iptables binaries it ran.
-type cpuTimes struct {
-	SelfUser     float64 `json:"selfUser"`
-	SelfSys      float64 `json:"selfSys"`
-	BinariesUser float64 `json:"binariesUser"`
-	BinariesSys  float64 `json:"binariesSys"`
-}
-
 // childResult is what a child prints on stdout, as JSON.
 type childResult struct {
 	Renders      []renderSample `json:"renders"`
@@ -100,9 +81,9 @@ type childResult struct {
 	Chains  int `json:"chains"`
 	Batches int `json:"batches"`
 
-	Full    measurement `json:"full"`
-	FullIO  syncIO      `json:"fullIO"`
-	FullCPU cpuTimes    `json:"fullCPU"`
+	Full    measure.Timing   `json:"full"`
+	FullIO  syncIO           `json:"fullIO"`
+	FullCPU measure.CPUTimes `json:"fullCPU"`
 	// FullPayloadSame: kproxy's full sync restored exactly the rendered payload, in one call.
 	FullPayloadSame bool `json:"fullPayloadSame"`
 	// RSSKiB and HeapInuse are read after the full sync and a GC, in a process that holds
@@ -114,8 +95,8 @@ type childResult struct {
 	ObjectsHeap uint64 `json:"objectsHeap"`
 
 	// Partials by kind (partialKinds), one entry per repetition.
-	Partials   map[string][]measurement `json:"partials"`
-	PartialsIO map[string][]syncIO      `json:"partialsIO"`
+	Partials   map[string][]measure.Timing `json:"partials"`
+	PartialsIO map[string][]syncIO         `json:"partialsIO"`
 }
 
 // The kinds of partial sync, in table order.
@@ -137,7 +118,7 @@ func childMain() int {
 	// the iptables binaries they run and waits for them, so none is left running.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	res, err := measure(ctx, spec)
+	res, err := measureChild(ctx, spec)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench child: %v\n", err)
 		return 1
@@ -148,6 +129,12 @@ func childMain() int {
 	}
 	return 0
 }
+
+// The node the proxier runs on, and the pod network its local-traffic detector uses.
+var (
+	nodeIP      = netip.MustParseAddr("192.0.2.1")
+	clusterCIDR = netip.MustParsePrefix("10.0.0.0/8")
+)
 
 // renderOptions are kube-proxy's defaults for a node whose pods are in clusterCIDR, with
 // the batching the kproxy command picks for the backend.
@@ -162,13 +149,13 @@ func renderOptions(spec childSpec) rules.Options {
 	}
 }
 
-func benchNode() model.Node { return model.Node{Name: nodeName, IP: nodeIP} }
+func benchNode() model.Node { return model.Node{Name: synth.NodeName, IP: nodeIP} }
 
-// measure runs in the child's namespace: the whole process is inside it (it was started
+// measureChild runs in the child's namespace: the whole process is inside it (it was started
 // by "ip netns exec"), so every binary the proxier runs, from whatever goroutine, programs
 // this namespace and never the host's.
-func measure(ctx context.Context, spec childSpec) (*childResult, error) {
-	res := &childResult{Partials: map[string][]measurement{}, PartialsIO: map[string][]syncIO{}}
+func measureChild(ctx context.Context, spec childSpec) (*childResult, error) {
+	res := &childResult{Partials: map[string][]measure.Timing{}, PartialsIO: map[string][]syncIO{}}
 	// Payloads are compared by hash: keeping kproxy's would count in its RSS.
 	var synced [sha256.Size]byte
 	if !spec.SkipSync {
@@ -184,7 +171,7 @@ func measure(ctx context.Context, spec childSpec) (*childResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.FullPayloadSame = res.Full.ok() && res.FullIO.Restores == 1 && synced == rendered
+	res.FullPayloadSame = res.Full.OK() && res.FullIO.Restores == 1 && synced == rendered
 	return res, nil
 }
 
@@ -210,8 +197,8 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	})
 	s := spec.Shape
 	for i := range s.Services {
-		p.OnServiceAdd(service(i))
-		for _, sl := range s.slices(i) {
+		p.OnServiceAdd(synth.Service(i))
+		for _, sl := range s.Slices(i) {
 			p.OnEndpointSliceAdd(sl)
 		}
 	}
@@ -229,13 +216,13 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	var self1, kids1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self1)
 	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids1)
-	res.FullCPU = cpuTimes{
-		SelfUser:     tvDiff(self1.Utime, self0.Utime),
-		SelfSys:      tvDiff(self1.Stime, self0.Stime),
-		BinariesUser: tvDiff(kids1.Utime, kids0.Utime),
-		BinariesSys:  tvDiff(kids1.Stime, kids0.Stime),
+	res.FullCPU = measure.CPUTimes{
+		SelfUser:     measure.TvSeconds(self1.Utime) - measure.TvSeconds(self0.Utime),
+		SelfSys:      measure.TvSeconds(self1.Stime) - measure.TvSeconds(self0.Stime),
+		BinariesUser: measure.TvSeconds(kids1.Utime) - measure.TvSeconds(kids0.Utime),
+		BinariesSys:  measure.TvSeconds(kids1.Stime) - measure.TvSeconds(kids0.Stime),
 	}
-	if !res.Full.ok() {
+	if !res.Full.OK() {
 		// The rules are not in place: partial syncs would be full ones.
 		return fullHash, nil
 	}
@@ -244,7 +231,7 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res.HeapInuse = ms.HeapInuse
-	if res.RSSKiB, err = vmRSS(); err != nil {
+	if res.RSSKiB, err = measure.ProcStatusKiB(0, "VmRSS"); err != nil {
 		return fullHash, err
 	}
 
@@ -252,7 +239,7 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	failed := false
 	record := func(kind string, change func()) {
 		if failed {
-			res.Partials[kind] = append(res.Partials[kind], measurement{Skipped: true})
+			res.Partials[kind] = append(res.Partials[kind], measure.Timing{Skipped: true})
 			return
 		}
 		change()
@@ -261,15 +248,15 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 		res.PartialsIO[kind] = append(res.PartialsIO[kind], rec.io())
 		rec.reset(false)
 		// After a failure the next sync is a full one; it would not measure a partial.
-		failed = !m.ok()
+		failed = !m.OK()
 	}
 	for k := range spec.Reps {
 		record("endpoint", func() {
-			before, after := s.changedSlice(k%s.Services, k)
+			before, after := s.ChangedSlice(k%s.Services, k)
 			p.OnEndpointSliceUpdate(before, after)
 		})
 		record("added", func() {
-			svc, slices := s.addedService(k)
+			svc, slices := s.AddedService(k)
 			p.OnServiceAdd(svc)
 			for _, sl := range slices {
 				p.OnEndpointSliceAdd(sl)
@@ -277,8 +264,8 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 		})
 		record("deleted", func() {
 			i := s.Services - 1 - k%s.Services
-			p.OnServiceDelete(service(i))
-			for _, sl := range s.slices(i) {
+			p.OnServiceDelete(synth.Service(i))
+			for _, sl := range s.Slices(i) {
 				p.OnEndpointSliceDelete(sl)
 			}
 		})
@@ -290,7 +277,7 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	before := ms.HeapInuse
 	objs := make([]any, 0, 2*s.Services)
 	for i := range s.Services {
-		objs = append(objs, service(i), s.slices(i))
+		objs = append(objs, synth.Service(i), s.Slices(i))
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
@@ -302,39 +289,8 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 }
 
 // timedSync runs one sync under the spec's timeout.
-func timedSync(ctx context.Context, spec childSpec, p *proxier.Proxier) measurement {
-	return timed(ctx, spec.Timeout, spec.Deadline, p.Sync)
-}
-
-// timed runs fn under timeout, cut short by deadline (if not zero), and times it. Running
-// out of the timeout is a timeout; running out of the deadline first, or having none of it
-// left, is a skip: the measurement says nothing about the operation.
-func timed(ctx context.Context, timeout time.Duration, deadline time.Time, fn func(context.Context) error) measurement {
-	cut := false
-	if !deadline.IsZero() {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return measurement{Skipped: true}
-		}
-		if left < timeout {
-			timeout, cut = left, true
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	start := time.Now()
-	err := fn(ctx)
-	m := measurement{Seconds: time.Since(start).Seconds()}
-	switch {
-	case err == nil:
-	case errors.Is(ctx.Err(), context.DeadlineExceeded) && cut:
-		m.Skipped = true
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		m.TimedOut = true
-	default:
-		m.Err = err.Error()
-	}
-	return m
+func timedSync(ctx context.Context, spec childSpec, p *proxier.Proxier) measure.Timing {
+	return measure.Timed(ctx, measure.Bound{Timeout: spec.Timeout, Deadline: spec.Deadline}, p.Sync)
 }
 
 // measureRender times renders of the full snapshot, built by the tracker from the same
@@ -342,10 +298,10 @@ func timed(ctx context.Context, timeout time.Duration, deadline time.Time, fn fu
 // payload's hash.
 func measureRender(spec childSpec, res *childResult) (hash [sha256.Size]byte, err error) {
 	s := spec.Shape
-	tr := tracker.New(v1.IPv4Protocol, nodeName, time.Now(), func(string, types.NamespacedName, string, string) {})
+	tr := tracker.New(v1.IPv4Protocol, synth.NodeName, time.Now(), func(string, types.NamespacedName, string, string) {})
 	for i := range s.Services {
-		tr.ServiceChanged(service(i), false)
-		for _, sl := range s.slices(i) {
+		tr.ServiceChanged(synth.Service(i), false)
+		for _, sl := range s.Slices(i) {
 			tr.EndpointSliceChanged(sl, false)
 		}
 	}
@@ -383,29 +339,6 @@ func measureRender(spec childSpec, res *childResult) (hash [sha256.Size]byte, er
 		})
 	}
 	return hash, nil
-}
-
-// vmRSS reads this process's resident set size from /proc/self/status.
-func vmRSS() (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("VmRSS:"))
-		if !ok {
-			continue
-		}
-		num, _, _ := bytes.Cut(bytes.TrimSpace(rest), []byte(" "))
-		return strconv.ParseInt(string(num), 10, 64)
-	}
-	return 0, errors.New("no VmRSS in /proc/self/status")
-}
-
-func tvDiff(a, b syscall.Timeval) float64 {
-	return float64(a.Sec-b.Sec) + float64(a.Usec-b.Usec)/1e6
 }
 
 // recorder is the real iptables Interface with its restores and saves timed. Only these

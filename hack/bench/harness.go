@@ -11,18 +11,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/measure"
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/synth"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
 )
 
 // config is one benchmark invocation.
 type config struct {
-	Shapes   []shape            `json:"shapes"`
+	Shapes   []synth.Shape      `json:"shapes"`
 	Backends []iptables.Backend `json:"backends"`
 	// Runs is how many times each shape and backend is measured (the table shows medians).
 	Runs int `json:"runs"`
@@ -50,7 +50,7 @@ const defaultNFTMaxChainsPerBatch = 500
 // smokeConfig is the CI smoke: the smallest shape once on both backends, quickly.
 func smokeConfig() config {
 	return config{
-		Shapes:               []shape{{1000, 5}},
+		Shapes:               []synth.Shape{{Services: 1000, Endpoints: 5}},
 		Backends:             []iptables.Backend{iptables.BackendLegacy, iptables.BackendNFT},
 		Runs:                 1,
 		Renders:              2,
@@ -63,7 +63,7 @@ func smokeConfig() config {
 
 // cell is one shape on one backend: one table row.
 type cell struct {
-	Shape   shape            `json:"shape"`
+	Shape   synth.Shape      `json:"shape"`
 	Backend iptables.Backend `json:"backend"`
 	Runs    []runResult      `json:"runs"`
 }
@@ -77,24 +77,24 @@ type runResult struct {
 	Skipped  bool         `json:"skipped,omitempty"`
 	// FullInherited: the full sync timed out in an earlier run, so it was not repeated
 	// and counts as timed out here too; BareInherited likewise.
-	FullInherited bool        `json:"fullInherited,omitempty"`
-	Bare          measurement `json:"bare"`
-	BareInherited bool        `json:"bareInherited,omitempty"`
-	BareCPU       cpuTimes    `json:"bareCPU"`
+	FullInherited bool             `json:"fullInherited,omitempty"`
+	Bare          measure.Timing   `json:"bare"`
+	BareInherited bool             `json:"bareInherited,omitempty"`
+	BareCPU       measure.CPUTimes `json:"bareCPU"`
 	// Floor are restores of one chain with one rule into the namespace the bare restore
 	// filled (restoreFloor).
-	Floor []measurement `json:"floor,omitempty"`
+	Floor []measure.Timing `json:"floor,omitempty"`
 	// Load is how busy the machine was while the cell ran.
-	Load load `json:"load"`
+	Load measure.Load `json:"load"`
 }
 
 // full is the run's full-sync measurement, whether measured or inherited.
-func (r runResult) full() measurement {
+func (r runResult) full() measure.Timing {
 	if r.FullInherited {
-		return measurement{TimedOut: true}
+		return measure.Timing{TimedOut: true}
 	}
 	if r.Child == nil {
-		return measurement{Skipped: true}
+		return measure.Timing{Skipped: true}
 	}
 	return r.Child.Full
 }
@@ -115,17 +115,13 @@ func (c *cell) timedOut(bare bool) bool {
 }
 
 // harness runs cells and owns what they leave behind: network namespaces and payload
-// files. cleanup removes whatever is left, including after a signal.
+// files. Both are removed when run returns, including after a signal.
 type harness struct {
 	cfg      config
 	deadline time.Time
 	dir      string
 	progress io.Writer
-
-	mu     sync.Mutex
-	prefix string
-	n      int
-	live   map[string]bool
+	ns       *measure.Namespaces
 }
 
 // run measures every cell cfg asks for. Progress goes to progress; the result is returned
@@ -141,16 +137,19 @@ func run(ctx context.Context, cfg config, progress io.Writer) (*report, error) {
 	defer os.RemoveAll(dir)
 	h := &harness{
 		cfg: cfg, dir: dir, progress: progress,
-		prefix: fmt.Sprintf("kbench-%d", os.Getpid()),
-		live:   map[string]bool{},
+		ns: measure.NewNamespaces(fmt.Sprintf("kbench-%d", os.Getpid())),
 	}
-	defer h.cleanup()
-	becomeSubreaper()
-	rep := &report{Config: cfg, Machine: describeMachine(), Started: time.Now()}
+	defer func() {
+		if err := h.ns.Cleanup(); err != nil {
+			fmt.Fprintf(progress, "bench: cleanup: %v\n", err)
+		}
+	}()
+	measure.BecomeSubreaper()
+	rep := &report{Config: cfg, Machine: measure.DescribeMachine(), Started: time.Now()}
 	if cfg.MaxTotal > 0 {
 		h.deadline = rep.Started.Add(cfg.MaxTotal)
 	}
-	cpu0 := readCPU()
+	cpu0 := measure.ReadCPU()
 	for _, s := range cfg.Shapes {
 		for _, b := range cfg.Backends {
 			rep.Cells = append(rep.Cells, &cell{Shape: s, Backend: b})
@@ -171,7 +170,7 @@ func run(ctx context.Context, cfg config, progress io.Writer) (*report, error) {
 		}
 	}
 	rep.Finished = time.Now()
-	rep.Load = readCPU().since(cpu0)
+	rep.Load = measure.ReadCPU().Since(cpu0, 0)
 	if len(failures) > 0 {
 		return rep, fmt.Errorf("%d measurements failed:\n  %s", len(failures), strings.Join(failures, "\n  "))
 	}
@@ -214,8 +213,8 @@ func (h *harness) runCell(ctx context.Context, c *cell, run int) (rr runResult) 
 		rr.Skipped, rr.Bare.Skipped = true, true
 		return rr
 	}
-	cpu0 := readCPU()
-	defer func() { rr.Load = readCPU().since(cpu0) }()
+	cpu0 := measure.ReadCPU()
+	defer func() { rr.Load = measure.ReadCPU().Since(cpu0, 0) }()
 
 	payload := filepath.Join(h.dir, fmt.Sprintf("payload-%s-%s-%d", c.Shape, c.Backend, run))
 	defer os.Remove(payload)
@@ -230,7 +229,7 @@ func (h *harness) runCell(ctx context.Context, c *cell, run int) (rr runResult) 
 		spec.MaxChainsPerBatch = h.cfg.NFTMaxChainsPerBatch
 	}
 	rr.FullInherited = spec.SkipSync
-	if err := h.inNamespace(func(ns string) error {
+	if err := h.ns.With(func(ns string) error {
 		var err error
 		rr.Child, err = h.runChild(ctx, ns, spec)
 		return err
@@ -240,106 +239,19 @@ func (h *harness) runCell(ctx context.Context, c *cell, run int) (rr runResult) 
 		return rr
 	}
 	if c.timedOut(true) {
-		rr.Bare, rr.BareInherited = measurement{TimedOut: true}, true
+		rr.Bare, rr.BareInherited = measure.Timing{TimedOut: true}, true
 		return rr
 	}
-	if err := h.inNamespace(func(ns string) error {
+	if err := h.ns.With(func(ns string) error {
 		rr.Bare, rr.BareCPU = h.bareRestore(ctx, ns, c.Backend, payload)
-		if rr.Bare.ok() {
-			rr.Floor = h.restoreFloor(ctx, ns, c.Backend, max(1, h.cfg.Reps))
+		if rr.Bare.OK() {
+			rr.Floor = measure.RestoreFloor(ctx, ns, c.Backend, max(1, h.cfg.Reps), h.bound())
 		}
 		return nil
 	}); err != nil {
-		rr.Bare = measurement{Err: err.Error()}
+		rr.Bare = measure.Timing{Err: err.Error()}
 	}
 	return rr
-}
-
-// inNamespace runs fn with the name of a fresh network namespace, deleted afterwards.
-func (h *harness) inNamespace(fn func(ns string) error) error {
-	h.mu.Lock()
-	h.n++
-	name := fmt.Sprintf("%s-%d", h.prefix, h.n)
-	h.mu.Unlock()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add %s: %w: %s", name, err, bytes.TrimSpace(out))
-	}
-	h.mu.Lock()
-	h.live[name] = true
-	h.mu.Unlock()
-	err := fn(name)
-	return errors.Join(err, h.deleteNamespace(name))
-}
-
-func (h *harness) deleteNamespace(name string) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.live[name] {
-		return nil
-	}
-	delete(h.live, name)
-	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns del %s: %w: %s", name, err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// cleanup deletes every namespace still alive. Processes were killed with their process
-// group before, so nothing keeps a namespace (or its rules) alive.
-func (h *harness) cleanup() {
-	h.mu.Lock()
-	var names []string
-	for n := range h.live {
-		names = append(names, n)
-	}
-	h.mu.Unlock()
-	for _, n := range names {
-		if err := h.deleteNamespace(n); err != nil {
-			fmt.Fprintf(h.progress, "bench: cleanup: %v\n", err)
-		}
-	}
-}
-
-// inOwnGroup makes cmd the leader of a new process group, so that killGroup can end it
-// and everything it started. Cancellation (or a timeout) sends SIGTERM when graceful (a
-// bench child then kills and waits for its iptables binaries itself), else SIGKILL to the
-// whole group; a process still there after the grace period is killed.
-func inOwnGroup(cmd *exec.Cmd, graceful bool) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	if graceful {
-		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	}
-	cmd.WaitDelay = 10 * time.Second
-}
-
-// killGroup kills whatever is left of cmd's process group after cmd exited, and reaps
-// what the harness inherited of it (run makes the harness a child subreaper): no iptables
-// binary outlives its measurement, not even as a zombie.
-func killGroup(cmd *exec.Cmd) {
-	if cmd.Process == nil {
-		return
-	}
-	pgid := cmd.Process.Pid
-	if syscall.Kill(-pgid, syscall.SIGKILL) != nil {
-		return // the group is empty
-	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		pid, err := syscall.Wait4(-pgid, nil, syscall.WNOHANG, nil)
-		if err != nil {
-			return // no child of ours left in the group
-		}
-		if pid == 0 {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-}
-
-// becomeSubreaper makes processes orphaned below this one (an iptables binary whose bench
-// child was killed) its children rather than init's, so that killGroup can reap them.
-func becomeSubreaper() {
-	const prSetChildSubreaper = 36 // PR_SET_CHILD_SUBREAPER, <linux/prctl.h>; not in package syscall
-	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 }
 
 // runChild runs this binary as a child inside namespace ns ("ip netns exec" switches the
@@ -360,11 +272,11 @@ func (h *harness) runChild(ctx context.Context, ns string, spec childSpec) (*chi
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, exe)
 	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
 	var stdout bytes.Buffer
-	stderr := &tail{max: 8 << 10}
+	stderr := &measure.Tail{Max: 8 << 10}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
-	inOwnGroup(cmd, true)
+	measure.InOwnGroup(cmd, true)
 	err = cmd.Run()
-	killGroup(cmd)
+	measure.KillGroup(cmd)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", err, ctx.Err())
@@ -380,81 +292,18 @@ func (h *harness) runChild(ctx context.Context, ns string, spec childSpec) (*chi
 
 // bareRestore times "iptables-<backend>-restore -w 5 --noflush" of the payload file in
 // namespace ns: the same command kproxy runs, without kproxy.
-func (h *harness) bareRestore(ctx context.Context, ns string, backend iptables.Backend, payload string) (measurement, cpuTimes) {
+func (h *harness) bareRestore(ctx context.Context, ns string, backend iptables.Backend, payload string) (measure.Timing, measure.CPUTimes) {
 	f, err := os.Open(payload)
 	if err != nil {
-		return measurement{Err: err.Error()}, cpuTimes{}
+		return measure.Timing{Err: err.Error()}, measure.CPUTimes{}
 	}
 	defer f.Close()
-	return h.restoreIn(ctx, ns, backend, f)
+	return measure.Restore(ctx, ns, backend, f, h.bound(), "--noflush")
 }
 
-// restoreFloor times restores of one new chain holding one rule into namespace ns, which
-// holds the full ruleset: the least any partial sync can cost on this backend at this
-// size (the legacy backend, for one, reads and replaces the whole table on every commit).
-// Each probe adds a chain of its own, so none repeats another.
-func (h *harness) restoreFloor(ctx context.Context, ns string, backend iptables.Backend, n int) []measurement {
-	var ms []measurement
-	for k := range n {
-		chain := fmt.Sprintf("KBENCH-PROBE-%d", k)
-		probe := fmt.Sprintf("*nat\n:%s - [0:0]\n-A %s -j RETURN\nCOMMIT\n", chain, chain)
-		m, _ := h.restoreIn(ctx, ns, backend, strings.NewReader(probe))
-		ms = append(ms, m)
-		if !m.ok() {
-			break
-		}
-	}
-	return ms
-}
-
-// restoreIn times one "iptables-<backend>-restore -w 5 --noflush" of stdin in namespace ns.
-func (h *harness) restoreIn(ctx context.Context, ns string, backend iptables.Backend, stdin io.Reader) (measurement, cpuTimes) {
-	bin, err := exec.LookPath(iptables.BinaryName(v1.IPv4Protocol, backend, "restore"))
-	if err != nil {
-		return measurement{Err: err.Error()}, cpuTimes{}
-	}
-	var cmd *exec.Cmd
-	out := &tail{max: 4 << 10}
-	m := timed(ctx, h.cfg.Timeout, h.deadline, func(ctx context.Context) error {
-		cmd = exec.CommandContext(ctx, "ip", "netns", "exec", ns, bin, "-w", "5", "--noflush")
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, out, out
-		inOwnGroup(cmd, false)
-		err := cmd.Run()
-		killGroup(cmd)
-		if err != nil {
-			return fmt.Errorf("%s: %w: %s", bin, err, out)
-		}
-		return nil
-	})
-	var cpu cpuTimes
-	if cmd != nil && cmd.ProcessState != nil {
-		cpu.BinariesUser = cmd.ProcessState.UserTime().Seconds()
-		cpu.BinariesSys = cmd.ProcessState.SystemTime().Seconds()
-	}
-	return m, cpu
-}
-
-// tail keeps the last max bytes written to it: the end of a failing command's output.
-type tail struct {
-	max int
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = t.buf[len(t.buf)-t.max:]
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
+// bound is what limits each bare restore.
+func (h *harness) bound() measure.Bound {
+	return measure.Bound{Timeout: h.cfg.Timeout, Deadline: h.deadline}
 }
 
 // failures lists the run's failed measurements (not timeouts), for the exit status.
@@ -500,16 +349,16 @@ func (r runResult) summary(timeout time.Duration) string {
 	ch := r.Child
 	var b strings.Builder
 	if len(ch.Renders) > 0 {
-		fmt.Fprintf(&b, "render %s", fmtSeconds(ch.Renders[len(ch.Renders)-1].Seconds))
+		fmt.Fprintf(&b, "render %s", measure.FmtSeconds(ch.Renders[len(ch.Renders)-1].Seconds))
 	}
-	fmt.Fprintf(&b, ", full %s, bare %s", fmtMeasurement(r.full(), timeout), fmtMeasurement(r.Bare, timeout))
+	fmt.Fprintf(&b, ", full %s, bare %s", measure.FmtTiming(r.full(), timeout), measure.FmtTiming(r.Bare, timeout))
 	for _, k := range partialKinds {
 		for _, m := range ch.Partials[k] {
-			fmt.Fprintf(&b, ", %s %s", k, fmtMeasurement(m, timeout))
+			fmt.Fprintf(&b, ", %s %s", k, measure.FmtTiming(m, timeout))
 		}
 	}
 	for _, m := range r.Floor {
-		fmt.Fprintf(&b, ", one-rule restore %s", fmtMeasurement(m, timeout))
+		fmt.Fprintf(&b, ", one-rule restore %s", measure.FmtTiming(m, timeout))
 	}
 	if ch.RSSKiB > 0 {
 		fmt.Fprintf(&b, ", RSS %.0f MiB", float64(ch.RSSKiB)/1024)

@@ -21,12 +21,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/kproxy-dev/kproxy/pkg/iptables"
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/measure"
+	"github.com/kproxy-dev/kproxy/hack/bench/internal/synth"
 )
 
 func main() {
@@ -72,9 +71,9 @@ func benchMain(args []string) int {
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "sizes":
-			cfg.Shapes, err = parseShapes(*sizes)
+			cfg.Shapes, err = synth.ParseShapes(*sizes)
 		case "backends":
-			cfg.Backends, err = parseBackends(*backends)
+			cfg.Backends, err = measure.ParseBackends(*backends)
 		case "runs":
 			cfg.Runs = *runs
 		case "renders":
@@ -90,10 +89,10 @@ func benchMain(args []string) int {
 		}
 	})
 	if err == nil && cfg.Shapes == nil {
-		cfg.Shapes, err = parseShapes(*sizes)
+		cfg.Shapes, err = synth.ParseShapes(*sizes)
 	}
 	if err == nil && cfg.Backends == nil {
-		cfg.Backends, err = parseBackends(*backends)
+		cfg.Backends, err = measure.ParseBackends(*backends)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -133,46 +132,4 @@ func writeJSON(path string, rep *report) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
-}
-
-// parseShapes parses "1000x5,10kx5".
-func parseShapes(s string) ([]shape, error) {
-	var shapes []shape
-	for _, f := range strings.Split(s, ",") {
-		svcs, eps, ok := strings.Cut(strings.TrimSpace(f), "x")
-		sh := shape{}
-		var err1, err2 error
-		sh.Services, err1 = parseCount(svcs)
-		sh.Endpoints, err2 = parseCount(eps)
-		if !ok || err1 != nil || err2 != nil || sh.Services < 1 || sh.Endpoints < 1 {
-			return nil, fmt.Errorf("bad size %q: want SERVICESxENDPOINTS, such as 1000x5 or 10kx5", f)
-		}
-		// Addresses are generated in 10.1.0.0-10.199.255.255 and 172.16.0.0/12.
-		if sh.Services*sh.Endpoints > 199<<16 || sh.Services > 15<<16 {
-			return nil, fmt.Errorf("size %q is too large for the generated address ranges", f)
-		}
-		shapes = append(shapes, sh)
-	}
-	return shapes, nil
-}
-
-func parseCount(s string) (int, error) {
-	mult := 1
-	if n, ok := strings.CutSuffix(s, "k"); ok {
-		s, mult = n, 1000
-	}
-	n, err := strconv.Atoi(s)
-	return n * mult, err
-}
-
-func parseBackends(s string) ([]iptables.Backend, error) {
-	var out []iptables.Backend
-	for _, f := range strings.Split(s, ",") {
-		b := iptables.Backend(strings.TrimSpace(f))
-		if b != iptables.BackendLegacy && b != iptables.BackendNFT {
-			return nil, fmt.Errorf("bad backend %q: want legacy or nft", f)
-		}
-		out = append(out, b)
-	}
-	return out, nil
 }

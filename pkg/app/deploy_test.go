@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kproxy-dev/kproxy/pkg/config"
@@ -42,6 +43,22 @@ func TestDeployManifestsAreValid(t *testing.T) {
 	}
 	if _, errs := config.FromV1Alpha1(kpc); len(errs) > 0 {
 		t.Fatalf("ConfigMap config invalid: %v", errs)
+	}
+	// kproxy reaches the API server through the ConfigMap's kubeconfig.conf, mounted next
+	// to config.conf, with the pod's token: never through the kubernetes Service IP, which
+	// needs a proxy to work (a new node would never bootstrap).
+	if want := "/var/lib/kproxy/kubeconfig.conf"; kpc.ClientConnection.Kubeconfig != want {
+		t.Errorf("clientConnection.kubeconfig %q, want %q", kpc.ClientConnection.Kubeconfig, want)
+	}
+	kc, err := clientcmd.Load([]byte(cm.Data["kubeconfig.conf"]))
+	if err != nil {
+		t.Fatalf("ConfigMap kubeconfig.conf: %v", err)
+	}
+	cluster := kc.Clusters[kc.Contexts[kc.CurrentContext].Cluster]
+	user := kc.AuthInfos[kc.Contexts[kc.CurrentContext].AuthInfo]
+	if cluster == nil || user == nil || user.TokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" ||
+		strings.Contains(cluster.Server, "kubernetes.default") || strings.Contains(cluster.Server, "10.96.0.1") {
+		t.Errorf("kubeconfig.conf: cluster %+v, user %+v; want the control plane's endpoint and the pod's token", cluster, user)
 	}
 
 	ds := decode("../../deploy/daemonset.yaml")[0].(*appsv1.DaemonSet)
