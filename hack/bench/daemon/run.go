@@ -44,7 +44,10 @@ func pause(interval, spent time.Duration) time.Duration {
 }
 
 // run measures every size on a fresh cluster. What was measured is returned even when
-// something failed, with an error saying what.
+// something failed, with an error saying what. Unlike hack/bench it does not become a
+// subreaper: the cluster's processes, which hack/cluster-up.sh starts in sessions of
+// their own, would be left to it as zombies; a daemon's iptables binaries die with its
+// process group.
 func run(ctx context.Context, cfg config, progress io.Writer) (*report, error) {
 	if err := preflight(cfg); err != nil {
 		return nil, err
@@ -52,7 +55,6 @@ func run(ctx context.Context, cfg config, progress io.Writer) (*report, error) {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, err
 	}
-	measure.BecomeSubreaper()
 	nss := measure.NewNamespaces(fmt.Sprintf("kbd-%d", os.Getpid()))
 	defer func() {
 		if err := nss.Cleanup(); err != nil {
@@ -268,7 +270,8 @@ func (b *bench) measure(ctx context.Context, proxy string, backend iptables.Back
 			r.End = u
 		}
 		p.stop()
-		r.Load = measure.ReadCPU().Since(cpu0, r.End.CPU.Self+r.End.CPU.Children)
+		// Waited for, the daemon counts among this process's children: ours, not others'.
+		r.Load = measure.ReadCPU().Since(cpu0, 0)
 		if len(errs) > 0 {
 			r.Err = errors.Join(errs...).Error()
 		}
