@@ -3,7 +3,8 @@
 # as root, the privileged tests that apply rules with the real iptables-restore in throwaway
 # network namespaces and send real traffic, the benchmark smoke, the e2e tests against a
 # real kube-apiserver (hack/e2e.sh; its first run builds the control plane and upstream
-# kube-proxy, about 25 minutes on 2 cores, cached after) and a bounded differential run
+# kube-proxy, about 25 minutes on 2 cores, cached after), the daemon benchmark's smoke run
+# (hack/bench-daemon.sh -smoke) and a bounded differential run
 # against upstream kube-proxy (hack/diff.sh), and the OCI image (hack/image.sh builds it from
 # Debian's packages, hack/image-test.sh checks it). Not root: privileged, e2e, differential
 # and image tests skip with a message.
@@ -23,6 +24,9 @@ go test -count=1 -p 1 "$@" ./...
 
 if [ "$(id -u)" -eq 0 ]; then
   hack/e2e.sh
+  # The daemon benchmark's smoke run (kproxy and upstream, 200 x 5, both backends, seconds
+  # of churn), so that the tier cannot rot; make bench-daemon measures for real.
+  hack/bench-daemon.sh -smoke -out _output/bench-daemon-smoke
   # The image operators run, built without a Docker engine, and checked as a runtime sees it.
   hack/image.sh
   hack/image-test.sh

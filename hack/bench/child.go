@@ -252,8 +252,7 @@ func measureSyncs(ctx context.Context, spec childSpec, res *childResult) (fullHa
 	}
 	for k := range spec.Reps {
 		record("endpoint", func() {
-			before, after := s.ChangedSlice(k%s.Services, k)
-			p.OnEndpointSliceUpdate(before, after)
+			p.OnEndpointSliceUpdate(s.ChangedSlice(k%s.Services, k))
 		})
 		record("added", func() {
 			svc, slices := s.AddedService(k)

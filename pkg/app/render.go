@@ -108,17 +108,16 @@ func render(out, errOut io.Writer, ro *renderOptions, cfg *config.Config) error 
 			localAddrs = append(localAddrs, ip)
 		}
 	}
-	rs := rules.Render(rules.Request{Snapshot: snap, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs}, opts)
+	// Rendered for a node without any of kproxy's rules, as a full sync finds a fresh
+	// node: the payload also inserts the jumps from the built-in chains.
+	rs := rules.Render(rules.Request{Snapshot: snap, Node: proxierNode(node, nodeIP), LocalAddrs: localAddrs, Jumps: rules.ReadJumps(nil)}, opts)
 
 	fmt.Fprintf(out, "# kproxy render: %s, %d service ports, %d filter + %d nat rules", family, len(snap.Services), rs.FilterRules, rs.NATRules)
 	if nodeName != "" {
 		fmt.Fprintf(out, ", node %s", nodeName)
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, "# Jumps kproxy ensures in built-in chains (outside this payload):")
-	for _, j := range rules.BuiltinJumps() {
-		fmt.Fprintf(out, "#   %s\n", j)
-	}
+	fmt.Fprintln(out, "# As a full sync writes it on a node without kproxy's rules: the jumps from the built-in chains included.")
 	if _, err := out.Write(rs.Payload()); err != nil {
 		return fmt.Errorf("render: %w", err)
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/kproxy-dev/kproxy/internal/netnstest"
 	"github.com/kproxy-dev/kproxy/pkg/iptables"
-	"github.com/kproxy-dev/kproxy/pkg/rules"
 	"github.com/kproxy-dev/kproxy/pkg/rules/rulestest"
 	"github.com/kproxy-dev/kproxy/pkg/ruleset"
 )
@@ -252,14 +251,6 @@ func TestTraceLiveSave(t *testing.T) {
 				}
 				if err := ipt.Restore(ctx, payload.Bytes()); err != nil {
 					return err
-				}
-				for _, j := range rules.BuiltinJumps() {
-					if err := ipt.EnsureChain(ctx, j.Table, j.To); err != nil {
-						return err
-					}
-					if err := ipt.EnsureRule(ctx, j.Table, j.From, j.RuleArgs()...); err != nil {
-						return err
-					}
 				}
 				for _, table := range []string{"nat", "filter"} {
 					b, err := ipt.Save(ctx, table)

@@ -20,7 +20,7 @@
 //     writes as ":NAME - [0:0]" and does not want to restore counters.
 //   - SaveChains runs "<family>tables-<backend>-save -t TABLE" (no -w: save
 //     takes no lock) and keeps the chain names only.
-//   - EnsureChain, ChainExists, EnsureRule and DeleteRule use
+//   - EnsureChain, ChainExists, RuleExists and DeleteRule use
 //     github.com/coreos/go-iptables with an explicit binary path and --wait.
 //
 // # Errors

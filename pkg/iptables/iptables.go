@@ -56,9 +56,6 @@ type Interface interface {
 	// RuleExists reports whether the rule is in chain (-C). Errors as for
 	// ChainExists.
 	RuleExists(ctx context.Context, table, chain string, args ...string) (bool, error)
-	// EnsureRule inserts the rule at position 1 of chain unless an identical
-	// rule is already in the chain, at any position (-C, then -I).
-	EnsureRule(ctx context.Context, table, chain string, args ...string) error
 	// DeleteRule deletes the rule; a missing rule or chain is not an error.
 	DeleteRule(ctx context.Context, table, chain string, args ...string) error
 	// Family is the IP family this instance programs.
@@ -170,7 +167,7 @@ func (r *runner) SaveChains(ctx context.Context, table string) ([]string, error)
 	if err != nil {
 		return nil, err
 	}
-	return parseChains(save), nil
+	return ParseChains(save), nil
 }
 
 func (r *runner) Save(ctx context.Context, table string) ([]byte, error) {
@@ -188,9 +185,9 @@ func (r *runner) Save(ctx context.Context, table string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// parseChains returns the chain names declared (":NAME POLICY [p:b]") in
+// ParseChains returns the chain names declared (":NAME POLICY [p:b]") in
 // iptables-save output, in order.
-func parseChains(save []byte) []string {
+func ParseChains(save []byte) []string {
 	var chains []string
 	sc := bufio.NewScanner(bytes.NewReader(save))
 	// Chain lines are short but rule lines may be long; give the scanner room
@@ -238,27 +235,6 @@ func (r *runner) EnsureChain(ctx context.Context, table, chain string) error {
 		return fmt.Errorf("creating chain %s in table %s: %w", chain, table, classify(err))
 	}
 	klog.FromContext(ctx).V(4).Info("Created chain", "backend", r.backend, "table", table, "chain", chain)
-	return nil
-}
-
-func (r *runner) EnsureRule(ctx context.Context, table, chain string, args ...string) error {
-	if err := checkCtx(ctx, "ensure rule"); err != nil {
-		return err
-	}
-	exists, err := r.ipt.Exists(table, chain, args...)
-	if err != nil {
-		return fmt.Errorf("checking rule in chain %s of table %s: %w", chain, table, classify(err))
-	}
-	if exists {
-		return nil
-	}
-	if err := checkCtx(ctx, "ensure rule"); err != nil {
-		return err
-	}
-	if err := r.ipt.Insert(table, chain, 1, args...); err != nil {
-		return fmt.Errorf("inserting rule in chain %s of table %s: %w", chain, table, classify(err))
-	}
-	klog.FromContext(ctx).V(4).Info("Inserted rule", "backend", r.backend, "table", table, "chain", chain, "args", args)
 	return nil
 }
 

@@ -371,11 +371,9 @@ func TestMonitorRuleReloadsWhenTheJumpIsGone(t *testing.T) {
 	ipt := fake.New(v1.IPv4Protocol, iptables.BackendNFT)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := ipt.EnsureChain(ctx, "nat", "KUBE-SERVICES"); err != nil {
-		t.Fatal(err)
-	}
 	args := []string{"-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"}
-	if err := ipt.EnsureRule(ctx, "nat", "PREROUTING", args...); err != nil {
+	payload := "*nat\n:KUBE-SERVICES - [0:0]\n-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n"
+	if err := ipt.Restore(ctx, []byte(payload)); err != nil {
 		t.Fatal(err)
 	}
 	clk := testingclock.NewFakeClock(time.Now())

@@ -176,43 +176,32 @@ func TestRestoreHonoursContext(t *testing.T) {
 	}
 }
 
-func TestEnsureAndDelete(t *testing.T) {
+func TestEnsureChainAndDeleteRule(t *testing.T) {
 	forEachBackendAndFamily(t, func(t *testing.T, family v1.IPFamily, backend iptables.Backend) {
 		ns, ipt := newInNS(t, family, backend)
 		ctx := context.Background()
 		jump := []string{"-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"}
 		jumpLine := `-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES`
 
-		var err error
-		do(t, ns, "EnsureRule into a missing chain", func() error {
-			err = ipt.EnsureRule(ctx, "nat", "KUBE-NOPE", "-j", "RETURN")
-			return nil
-		})
-		if err == nil {
-			t.Error("EnsureRule into a missing chain succeeded")
-		}
-
-		do(t, ns, "EnsureChain/EnsureRule", func() error {
+		do(t, ns, "EnsureChain", func() error {
 			for range 2 {
 				if err := ipt.EnsureChain(ctx, "nat", "KUBE-SERVICES"); err != nil {
 					return err
 				}
-				if err := ipt.EnsureRule(ctx, "nat", "OUTPUT", jump...); err != nil {
-					return err
-				}
 			}
-			// A different rule is inserted at position 1, in front.
-			return ipt.EnsureRule(ctx, "nat", "OUTPUT", "-p", "udp", "-j", "RETURN")
+			return nil
 		})
 		out := save(t, ns, ipt, "nat")
 		if n := strings.Count(out, ":KUBE-SERVICES "); n != 1 {
 			t.Errorf("KUBE-SERVICES declared %d times:\n%s", n, out)
 		}
-		if n := strings.Count(out, jumpLine); n != 1 {
-			t.Errorf("jump rule present %d times, want 1:\n%s", n, out)
-		}
-		if i, j := strings.Index(out, "-A OUTPUT -p udp -j RETURN"), strings.Index(out, jumpLine); i < 0 || i > j {
-			t.Errorf("second rule not inserted in front of the first:\n%s", out)
+
+		// Two rules for DeleteRule to choose from, put in place with the binary.
+		bin := iptables.BinaryName(family, backend, "")
+		ns.Run(t, append([]string{bin, "-w", "5", "-t", "nat", "-A", "OUTPUT"}, jump...)...)
+		ns.Run(t, bin, "-w", "5", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "RETURN")
+		if out := save(t, ns, ipt, "nat"); !strings.Contains(out, jumpLine) || !strings.Contains(out, "-A OUTPUT -p udp -j RETURN") {
+			t.Fatalf("rules not in place before DeleteRule:\n%s", out)
 		}
 
 		do(t, ns, "DeleteRule", func() error {

@@ -21,7 +21,7 @@ func TestLastAppliedRendersWhatTheKernelHolds(t *testing.T) {
 	if p.LastApplied() == nil || !p.LastApplied().Full {
 		t.Fatalf("after the first sync: LastApplied %+v, want a full one", p.LastApplied())
 	}
-	p.OnEndpointSliceUpdate(nil, testSlice("b", "10.1.0.2", "10.1.0.3"))
+	p.OnEndpointSliceUpdate(testSlice("b", "10.1.0.2", "10.1.0.3"))
 	p.OnServiceAdd(testService("c", "172.30.0.3", 80))
 	p.OnEndpointSliceAdd(testSlice("c", "10.1.0.4"))
 	p.OnServiceDelete(testService("a", "172.30.0.1", 80))

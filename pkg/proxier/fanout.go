@@ -17,9 +17,9 @@ func (f Fanout) OnServiceAdd(svc *v1.Service) {
 }
 
 // OnServiceUpdate implements sources.ServiceHandler.
-func (f Fanout) OnServiceUpdate(old, svc *v1.Service) {
+func (f Fanout) OnServiceUpdate(svc *v1.Service) {
 	for _, p := range f {
-		p.OnServiceUpdate(old, svc)
+		p.OnServiceUpdate(svc)
 	}
 }
 
@@ -45,9 +45,9 @@ func (f Fanout) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
 }
 
 // OnEndpointSliceUpdate implements sources.EndpointSliceHandler.
-func (f Fanout) OnEndpointSliceUpdate(old, s *discovery.EndpointSlice) {
+func (f Fanout) OnEndpointSliceUpdate(s *discovery.EndpointSlice) {
 	for _, p := range f {
-		p.OnEndpointSliceUpdate(old, s)
+		p.OnEndpointSliceUpdate(s)
 	}
 }
 

@@ -139,7 +139,7 @@ func TestRuleCountMetricsAndLargeClusterMode(t *testing.T) {
 	// change is still applied incrementally.
 	clk.Step(2 * FullSyncPeriod)
 	big.Endpoints = append(big.Endpoints, discovery.Endpoint{Addresses: []string{"10.3.0.1"}})
-	p.OnEndpointSliceUpdate(nil, big)
+	p.OnEndpointSliceUpdate(big)
 	before := ipt.RestoreCalls()
 	if err := p.Sync(context.Background()); err != nil {
 		t.Fatal(err)

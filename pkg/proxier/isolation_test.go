@@ -63,7 +63,7 @@ func TestKernelRejectedServiceLeavesOthersProgrammed(t *testing.T) {
 
 	// The kernel now accepts it, and the Service changes: it is programmed.
 	ipt.RejectLines(nil)
-	p.OnEndpointSliceUpdate(nil, testSlice("poison", "10.1.0.9", "10.1.0.10"))
+	p.OnEndpointSliceUpdate(testSlice("poison", "10.1.0.9", "10.1.0.10"))
 	if err := p.Sync(ctx); err != nil {
 		t.Fatalf("sync after the change: %v", err)
 	}
@@ -93,7 +93,7 @@ func TestFailedSyncKeepsPendingUDPCleanup(t *testing.T) {
 
 	moved := slice.DeepCopy()
 	moved.Endpoints[0].Addresses = []string{"10.1.0.2"}
-	p.OnEndpointSliceUpdate(slice, moved)
+	p.OnEndpointSliceUpdate(moved)
 	ipt.SetLockHeld(true)
 	if err := p.Sync(ctx); err == nil {
 		t.Fatal("sync succeeded with the lock held")
@@ -273,7 +273,7 @@ func TestPartialSyncOnDriftIsNotBlamedOnTheService(t *testing.T) {
 	rejectedBefore := testutil.ToFloat64(metrics.KernelRejectedServicesTotal.WithLabelValues("IPv4"))
 
 	// A new port: the partial sync deletes a's old KUBE-SERVICES rule, which is gone.
-	p.OnServiceUpdate(nil, testService("a", "172.30.0.1", 81))
+	p.OnServiceUpdate(testService("a", "172.30.0.1", 81))
 	calls := ipt.RestoreCalls()
 	if err := p.Sync(ctx); err != nil {
 		t.Fatalf("sync over drift: %v", err)

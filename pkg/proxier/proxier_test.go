@@ -119,7 +119,7 @@ func TestSyncProgramsAndPartialSyncsTouchOnlyChangedServices(t *testing.T) {
 	}
 
 	// b gains an endpoint: the partial payload rewrites b's chains, not a's.
-	p.OnEndpointSliceUpdate(nil, testSlice("b", "10.1.0.2", "10.1.0.3"))
+	p.OnEndpointSliceUpdate(testSlice("b", "10.1.0.2", "10.1.0.3"))
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestFailedRestoreKeepsOldRulesAndForcesFullSync(t *testing.T) {
 	before := ipt.Tables().Dump()
 	failures := testutil.ToFloat64(metrics.IPTablesRestoreFailuresTotal.WithLabelValues("IPv4"))
 
-	p.OnEndpointSliceUpdate(nil, testSlice("a", "10.1.0.1", "10.1.0.9"))
+	p.OnEndpointSliceUpdate(testSlice("a", "10.1.0.1", "10.1.0.9"))
 	ipt.FailNextRestore(errors.New("xtables lock held"))
 	if err := p.Sync(ctx); err == nil {
 		t.Fatal("sync succeeded although restore failed")

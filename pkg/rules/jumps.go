@@ -1,10 +1,13 @@
 package rules
 
-import "strings"
+import (
+	"bytes"
+	"strings"
+)
 
-// Jump is a rule in a built-in chain that sends packets into one of our chains. These
-// live outside the restore payload (which never touches built-in chains, so other
-// components' rules there survive) and are ensured one by one.
+// Jump is a rule in a built-in chain that sends packets into one of our chains. A full
+// sync inserts the ones the kernel lacks (JumpState); the payload never flushes or
+// rewrites a built-in chain, so other components' rules there survive.
 type Jump struct {
 	Table, From string
 	// Args are the match arguments before "-j To", including the comment.
@@ -26,6 +29,82 @@ func (j Jump) String() string {
 		b.WriteString(" " + a)
 	}
 	return b.String()
+}
+
+// saveLine is the rule as iptables-save prints it, without the newline: both backends
+// print these simple matches back as given (TestJumpsReadBackAsWritten checks it
+// against the real binaries), so a plain comparison tells whether the kernel holds it,
+// as upstream's "iptables -C" does.
+func (j Jump) saveLine() string {
+	line := appendRule(nil, "-A", j.From, j.RuleArgs())
+	return string(line[:len(line)-1])
+}
+
+// JumpState says which of BuiltinJumps a full sync must insert: those the kernel lacks,
+// read from its tables by ReadJumps. The zero value inserts none.
+type JumpState struct {
+	// Missing are the jumps the kernel lacks, in BuiltinJumps order.
+	Missing []Jump
+	// missingTargets are the chains, by table, that missing jumps go to and the kernel
+	// lacks too.
+	missingTargets map[string]map[string]bool
+}
+
+// ReadJumps reads iptables-save output of the filter and nat tables (either may hold
+// other tables too) and tells which built-in jumps are missing, and which of their
+// target chains. Empty input reads as a node without any: every jump is missing.
+func ReadJumps(save []byte) JumpState {
+	rules, chains := map[string]bool{}, map[string]bool{}
+	table := ""
+	for line := range bytes.Lines(save) {
+		line = bytes.TrimRight(line, "\n")
+		switch {
+		case len(line) > 1 && line[0] == '*':
+			table = string(line[1:])
+		case len(line) > 1 && line[0] == ':':
+			name, _, _ := bytes.Cut(line[1:], []byte{' '})
+			chains[table+"/"+string(name)] = true
+		case bytes.HasPrefix(line, []byte("-A ")):
+			rules[table+" "+string(line)] = true
+		}
+	}
+	var st JumpState
+	for _, j := range BuiltinJumps() {
+		if rules[j.Table+" "+j.saveLine()] {
+			continue
+		}
+		st.Missing = append(st.Missing, j)
+		if !chains[j.Table+"/"+j.To] {
+			if st.missingTargets == nil {
+				st.missingTargets = map[string]map[string]bool{}
+			}
+			if st.missingTargets[j.Table] == nil {
+				st.missingTargets[j.Table] = map[string]bool{}
+			}
+			st.missingTargets[j.Table][j.To] = true
+		}
+	}
+	return st
+}
+
+// appendInserts appends, for table, the missing jumps as "-I FROM 1" lines in
+// BuiltinJumps order, which leaves them in the order upstream's one-by-one inserts do,
+// preceded by declarations of the missing targets the commit does not declare anyway
+// (declaring a chain twice would flush what the commit wrote into it).
+func (st JumpState) appendInserts(b []byte, table string, declared func(chain string) bool) []byte {
+	created := map[string]bool{}
+	for _, j := range st.Missing {
+		if j.Table == table && st.missingTargets[table][j.To] && !created[j.To] && !declared(j.To) {
+			b = appendChain(b, j.To)
+			created[j.To] = true
+		}
+	}
+	for _, j := range st.Missing {
+		if j.Table == table {
+			b = appendRule(b, "-I", j.From, append([]string{"1"}, j.RuleArgs()...))
+		}
+	}
+	return b
 }
 
 func jump(table, from, to, comment string, match ...string) Jump {

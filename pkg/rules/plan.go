@@ -17,6 +17,8 @@ type planner struct {
 	stale    []string
 	// maxChains limits the chains one batch declares (0: no limit, one batch).
 	maxChains int
+	// jumps are the built-in chains' jumps a full sync inserts.
+	jumps JumpState
 }
 
 // renderedPort locates a rendered service port's own chains in the render's buffer.
@@ -258,7 +260,14 @@ func (p *planner) sharedRules() (filter, nat []byte, written int) {
 				nat = append(nat, text...)
 			}
 		}
-		return filter, nat, bytes.Count(nat, []byte("\n"))
+		written = bytes.Count(nat, []byte("\n"))
+		// The jumps go into the commits that write their targets, so a node without
+		// them gets them atomically with the rules they lead to. Every nat target is a
+		// fixed chain that a full sync creates (natHead or the first own batch), so
+		// only filter targets may need declaring here.
+		filter = p.jumps.appendInserts(filter, "filter", func(c string) bool { return bytes.Contains(fb.chains, []byte(":"+c+" ")) })
+		nat = p.jumps.appendInserts(nat, "nat", func(string) bool { return true })
+		return filter, nat, written
 	}
 	for k := range numShared {
 		ops, n := p.diff(k)

@@ -90,6 +90,9 @@ type Request struct {
 	// render are flushed and deleted. Partial renders also delete the chains their
 	// changed services stopped using, known from Previous.
 	ExistingNATChains []string
+	// Jumps are the jumps from built-in chains into ours that the kernel lacks
+	// (ReadJumps): a full render inserts them, a partial one ignores them.
+	Jumps JumpState
 	// Node is this node: its name and zone pick local and topology-preferred endpoints,
 	// its IP lets it reach load balancers that filter sources.
 	Node model.Node
@@ -130,6 +133,15 @@ func (rs *Ruleset) Payload() []byte {
 		return rs.Batches[0]
 	}
 	return bytes.Join(rs.Batches, nil)
+}
+
+// PayloadBytes is the size of all batches together.
+func (rs *Ruleset) PayloadBytes() int {
+	n := 0
+	for _, b := range rs.Batches {
+		n += len(b)
+	}
+	return n
 }
 
 // The nfacct counters of the Count* options; pkg/nfacct creates them under these names.
@@ -214,7 +226,7 @@ func Render(req Request, opts Options) *Ruleset {
 	stale := st.staleChains(prev, partial, req.ExistingNATChains)
 	rs := &Ruleset{Partial: partial, LargeCluster: r.largeCluster, State: st, DeletedNATChains: len(stale)}
 	rs.FilterRules, rs.NATRules, rs.NoLocalEndpoints = st.counts(r.fixedFilterRules(), fixedNATRules)
-	p := planner{r: r, st: st, prev: prev, partial: partial, rendered: rendered, stale: stale, maxChains: opts.MaxChainsPerBatch}
+	p := planner{r: r, st: st, prev: prev, partial: partial, rendered: rendered, stale: stale, maxChains: opts.MaxChainsPerBatch, jumps: req.Jumps}
 	rs.Batches, rs.WrittenNATRules = p.batches()
 	return rs
 }

@@ -55,21 +55,15 @@ func (b *snapshotBuilder) svc(ns, name, port string, proto v1.Protocol, clusterI
 	return spn
 }
 
-// applied renders the snapshot and applies it, with the built-in jumps, to the tables of
-// a fresh node, which is what the kernel would hold after the first sync.
+// applied renders the snapshot as the first sync on a fresh node does (every jump from
+// the built-in chains missing) and applies it to that node's tables.
 func applied(t *testing.T, req rules.Request, opts rules.Options) (ruleset.Tables, *rules.Ruleset) {
 	t.Helper()
+	req.Jumps = rules.ReadJumps(nil)
 	rs := rules.Render(req, opts)
 	tables := ruleset.NewTables()
 	if err := tables.Apply(rs.Payload()); err != nil {
 		t.Fatalf("payload rejected: %v\n%s", err, rs.Payload())
-	}
-	for _, j := range rules.BuiltinJumps() {
-		tb := tables[j.Table]
-		if _, ok := tb.Chains[j.To]; !ok {
-			tb.Chains[j.To] = nil
-		}
-		tb.Chains[j.From] = append([]ruleset.Rule{j.RuleArgs()}, tb.Chains[j.From]...)
 	}
 	return tables, rs
 }

@@ -13,7 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -28,18 +30,21 @@ const (
 	LabelHeadless = v1.IsHeadlessService
 )
 
-// ServiceHandler receives Service events. Deleted objects are always unwrapped.
+// ServiceHandler receives Service events. No copy of the objects is kept, so an update
+// carries only the new state, and a deletion that a relist found (the watch missed it)
+// only the Service's namespace and name.
 type ServiceHandler interface {
 	OnServiceAdd(svc *v1.Service)
-	OnServiceUpdate(old, svc *v1.Service)
+	OnServiceUpdate(svc *v1.Service)
 	OnServiceDelete(svc *v1.Service)
 	OnServicesSynced()
 }
 
-// EndpointSliceHandler receives EndpointSlice events.
+// EndpointSliceHandler receives EndpointSlice events, as ServiceHandler does; a
+// deletion found by a relist carries the slice's namespace, name and address type.
 type EndpointSliceHandler interface {
 	OnEndpointSliceAdd(slice *discovery.EndpointSlice)
-	OnEndpointSliceUpdate(old, slice *discovery.EndpointSlice)
+	OnEndpointSliceUpdate(slice *discovery.EndpointSlice)
 	OnEndpointSliceDelete(slice *discovery.EndpointSlice)
 	OnEndpointSlicesSynced()
 }
@@ -99,7 +104,7 @@ func EndpointSliceSelected(slice *discovery.EndpointSlice) bool {
 }
 
 // stripManagedFields drops server-side-apply bookkeeping, which is large and never read,
-// before objects enter the informer caches.
+// before the Node enters its informer's cache.
 func stripManagedFields(obj interface{}) (interface{}, error) {
 	if accessor, ok := obj.(metav1.ObjectMetaAccessor); ok {
 		accessor.GetObjectMeta().SetManagedFields(nil)
@@ -108,42 +113,67 @@ func stripManagedFields(obj interface{}) (interface{}, error) {
 }
 
 // Run starts the watches and returns once they are running; handlers' Synced methods are
-// called as each cache completes its initial list. It stops when ctx is done.
+// called as each watch completes its initial list. It stops when ctx is done.
+//
+// Services and EndpointSlices are watched by reflectors that keep no cache (forwarder):
+// the trackers hold what kproxy needs of them. Only this node's Node, one object whose
+// old state the handler compares, goes through an informer.
 func Run(ctx context.Context, client kubernetes.Interface, nodeName string, resync time.Duration,
 	svcH ServiceHandler, sliceH EndpointSliceHandler, nodeH NodeHandler) error {
 	logger := klog.FromContext(ctx)
 	svcOpts, sliceOpts := Selectors()
+	listed := func(what string, synced func()) func() {
+		return func() {
+			logger.V(2).Info("Initial list done", "resource", what)
+			synced()
+		}
+	}
 
-	svcFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	services := &forwarder[*v1.Service]{
+		onAdd: svcH.OnServiceAdd, onUpdate: svcH.OnServiceUpdate, onDelete: svcH.OnServiceDelete,
+		detail: func(*v1.Service) string { return "" },
+		gone: func(namespace, name, _ string) *v1.Service {
+			return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+		},
+		synced: listed("services", svcH.OnServicesSynced),
+		known:  map[string]string{},
+	}
+	svcLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector, o.FieldSelector = svcOpts.LabelSelector, svcOpts.FieldSelector
-		}),
-		informers.WithTransform(stripManagedFields))
-	sliceFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sliceOpts.LabelSelector }),
-		informers.WithTransform(stripManagedFields))
+			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector, o.FieldSelector = svcOpts.LabelSelector, svcOpts.FieldSelector
+			return client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, client)
+
+	slices := &forwarder[*discovery.EndpointSlice]{
+		onAdd: sliceH.OnEndpointSliceAdd, onUpdate: sliceH.OnEndpointSliceUpdate, onDelete: sliceH.OnEndpointSliceDelete,
+		detail: func(s *discovery.EndpointSlice) string { return string(s.AddressType) },
+		gone: func(namespace, name, addressType string) *discovery.EndpointSlice {
+			return &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}, AddressType: discovery.AddressType(addressType)}
+		},
+		synced: listed("endpointslices", sliceH.OnEndpointSlicesSynced),
+		known:  map[string]string{},
+	}
+	sliceLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = sliceOpts.LabelSelector
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = sliceOpts.LabelSelector
+			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, client)
+
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
 		}),
 		informers.WithTransform(stripManagedFields))
-
-	svcInformer := svcFactory.Core().V1().Services().Informer()
-	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj interface{}) { with[*v1.Service](obj, svcH.OnServiceAdd) },
-		UpdateFunc: func(old, cur interface{}) { with2(old, cur, svcH.OnServiceUpdate) },
-		DeleteFunc: func(obj interface{}) { with[*v1.Service](unwrap(obj), svcH.OnServiceDelete) },
-	}); err != nil {
-		return fmt.Errorf("adding service handler: %w", err)
-	}
-	sliceInformer := sliceFactory.Discovery().V1().EndpointSlices().Informer()
-	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj interface{}) { with[*discovery.EndpointSlice](obj, sliceH.OnEndpointSliceAdd) },
-		UpdateFunc: func(old, cur interface{}) { with2(old, cur, sliceH.OnEndpointSliceUpdate) },
-		DeleteFunc: func(obj interface{}) { with[*discovery.EndpointSlice](unwrap(obj), sliceH.OnEndpointSliceDelete) },
-	}); err != nil {
-		return fmt.Errorf("adding endpointslice handler: %w", err)
-	}
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { with[*v1.Node](obj, nodeH.OnNodeAdd) },
@@ -153,26 +183,15 @@ func Run(ctx context.Context, client kubernetes.Interface, nodeName string, resy
 		return fmt.Errorf("adding node handler: %w", err)
 	}
 
-	svcFactory.Start(ctx.Done())
-	sliceFactory.Start(ctx.Done())
+	go services.run(ctx, "services", svcLW, &v1.Service{})
+	go slices.run(ctx, "endpointslices", sliceLW, &discovery.EndpointSlice{})
 	nodeFactory.Start(ctx.Done())
-	for _, w := range []struct {
-		what     string
-		informer cache.SharedIndexInformer
-		synced   func()
-	}{
-		{"services", svcInformer, svcH.OnServicesSynced},
-		{"endpointslices", sliceInformer, sliceH.OnEndpointSlicesSynced},
-		{"node", nodeInformer, nodeH.OnNodeSynced},
-	} {
-		go func() {
-			if !cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced) {
-				return
-			}
-			logger.V(2).Info("Initial list done", "resource", w.what)
-			w.synced()
-		}()
-	}
+	go func() {
+		if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced) {
+			return
+		}
+		listed("node", nodeH.OnNodeSynced)()
+	}()
 	return nil
 }
 

@@ -81,7 +81,7 @@ func (r *recorder) add(list *[]string, name string) {
 	r.mu.Unlock()
 }
 func (r *recorder) OnServiceAdd(s *v1.Service) { r.add(&r.services, s.Name) }
-func (r *recorder) OnServiceUpdate(_, s *v1.Service) {
+func (r *recorder) OnServiceUpdate(s *v1.Service) {
 	r.add(&r.services, s.Name+"(updated)")
 }
 func (r *recorder) OnServiceDelete(s *v1.Service) { r.add(&r.deleted, s.Name) }
@@ -89,13 +89,13 @@ func (r *recorder) OnServicesSynced()             { r.mu.Lock(); r.svcSynced = t
 func (r *recorder) OnEndpointSliceAdd(s *discovery.EndpointSlice) {
 	r.add(&r.slices, s.Name)
 }
-func (r *recorder) OnEndpointSliceUpdate(_, s *discovery.EndpointSlice) {}
-func (r *recorder) OnEndpointSliceDelete(s *discovery.EndpointSlice)    {}
-func (r *recorder) OnEndpointSlicesSynced()                             { r.mu.Lock(); r.sliceSync = true; r.mu.Unlock() }
-func (r *recorder) OnNodeAdd(n *v1.Node)                                { r.add(&r.nodes, n.Name) }
-func (r *recorder) OnNodeUpdate(_, n *v1.Node)                          {}
-func (r *recorder) OnNodeDelete(n *v1.Node)                             {}
-func (r *recorder) OnNodeSynced()                                       { r.mu.Lock(); r.node = true; r.mu.Unlock() }
+func (r *recorder) OnEndpointSliceUpdate(s *discovery.EndpointSlice) {}
+func (r *recorder) OnEndpointSliceDelete(s *discovery.EndpointSlice) {}
+func (r *recorder) OnEndpointSlicesSynced()                          { r.mu.Lock(); r.sliceSync = true; r.mu.Unlock() }
+func (r *recorder) OnNodeAdd(n *v1.Node)                             { r.add(&r.nodes, n.Name) }
+func (r *recorder) OnNodeUpdate(_, n *v1.Node)                       {}
+func (r *recorder) OnNodeDelete(n *v1.Node)                          {}
+func (r *recorder) OnNodeSynced()                                    { r.mu.Lock(); r.node = true; r.mu.Unlock() }
 
 func TestRunDeliversEventsAndSyncs(t *testing.T) {
 	client := fake.NewClientset(

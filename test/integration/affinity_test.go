@@ -92,7 +92,7 @@ func TestSessionAffinity(t *testing.T) {
 		// Affinity off: the same client's connections are spread at once, and no rule
 		// remembers clients any more.
 		next := service("sticky", "172.30.0.20", httpPort)
-		k.OnServiceUpdate(svc, next)
+		k.OnServiceUpdate(next)
 		k.sync(t)
 		reachesAll(t, c.client, "tcp", addr, c.pods, podGateway)
 		if nat := k.save(t, "nat"); strings.Contains(nat, "-m recent") {

@@ -122,7 +122,7 @@ func TestUDPEndpointRemovalConntrack(t *testing.T) {
 				for _, addr := range addrs {
 					socks = append(socks, udpFlowTo(t, c.client, addr, pod2))
 				}
-				k.OnEndpointSliceUpdate(slice, endpointSlice("dns", ports, pod1))
+				k.OnEndpointSliceUpdate(endpointSlice("dns", ports, pod1))
 				k.sync(t)
 
 				// pod2 still runs and answers whatever reaches it: only the conntrack

@@ -72,7 +72,7 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		// dropped. Without kproxy's DROP they would be routed on to the gw namespace,
 		// which drops them too, so the DROP rule's counter proves who did.
 		next := loadBalancer(service("lb", "172.30.0.60", ports...), lbIngressIP, "203.0.113.0/24")
-		k.OnServiceUpdate(svc, next)
+		k.OnServiceUpdate(next)
 		k.sync(t)
 		var admitted []string
 		nat := k.save(t, "nat")

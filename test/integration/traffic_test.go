@@ -158,7 +158,7 @@ func TestEndpointRemoval(t *testing.T) {
 		}
 		update := func(next *discovery.EndpointSlice) {
 			t.Helper()
-			k.OnEndpointSliceUpdate(slice, next)
+			k.OnEndpointSliceUpdate(next)
 			slice = next
 			k.sync(t)
 		}

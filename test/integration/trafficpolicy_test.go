@@ -47,8 +47,8 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 		nodePortAddr := hostPort(nodeAddr.String(), 30090)
 		update := func(nextSvc *v1.Service, nextSlice *discovery.EndpointSlice) {
 			t.Helper()
-			k.OnServiceUpdate(svc, nextSvc)
-			k.OnEndpointSliceUpdate(slice, nextSlice)
+			k.OnServiceUpdate(nextSvc)
+			k.OnEndpointSliceUpdate(nextSlice)
 			svc, slice = nextSvc, nextSlice
 			k.sync(t)
 		}

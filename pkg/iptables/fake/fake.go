@@ -8,7 +8,7 @@
 // reaches that state.
 //
 // Where the fake differs from the real binaries:
-//   - Rules are compared as strings, so EnsureRule and DeleteRule match only
+//   - Rules are compared as strings, so RuleExists and DeleteRule match only
 //     rules written exactly as before ("-s 10.0.0.1" and "-s 10.0.0.1/32" are
 //     the same rule to iptables but not to the fake).
 //   - A jump to a missing chain is reported at the table's COMMIT line, as
@@ -104,7 +104,7 @@ func (f *Fake) RejectLines(reject func(line string) bool) {
 }
 
 // SetLockHeld sets whether another program holds the xtables lock. While it
-// is held, Restore, EnsureChain, ChainExists, EnsureRule and DeleteRule fail
+// is held, Restore, EnsureChain, ChainExists, RuleExists and DeleteRule fail
 // with a wrapped *iptables.BusyError and change nothing, as the real commands
 // do when --wait expires; SaveChains takes no lock and keeps working.
 func (f *Fake) SetLockHeld(held bool) {
@@ -295,31 +295,6 @@ func (f *Fake) RuleExists(ctx context.Context, table, chain string, args ...stri
 		}
 	}
 	return false, nil
-}
-
-// EnsureRule implements iptables.Interface. Like "iptables -I", it rejects a
-// rule for a missing chain and a rule that jumps to a missing chain.
-func (f *Fake) EnsureRule(ctx context.Context, table, chain string, args ...string) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("fake iptables -I: %w", err)
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.busy("fake iptables -I"); err != nil {
-		return err
-	}
-	rules, err := f.chain(table, chain)
-	if err != nil {
-		return err
-	}
-	want := ruleset.Rule(args).String()
-	for _, r := range rules {
-		if r.String() == want {
-			return nil
-		}
-	}
-	// Going through Apply reuses its checks, jumps to missing chains included.
-	return f.edit(table, fmt.Sprintf("-I %s 1 %s", chain, want))
 }
 
 // DeleteRule implements iptables.Interface: it deletes the first rule equal

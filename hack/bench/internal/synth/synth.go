@@ -172,12 +172,11 @@ func (s Shape) AddedService(k int) (*v1.Service, []*discovery.EndpointSlice) {
 	return newService("bench", name, ip, 0), newSlices("bench", name, addrs)
 }
 
-// ChangedSlice returns the first EndpointSlice of service i before and after its first
-// endpoint moves to a new address, the k-th in 10.200.0.0 and up: the update a rolling
+// ChangedSlice returns the first EndpointSlice of service i after its first endpoint
+// moves to a new address, the k-th in 10.200.0.0 and up: the update a rolling
 // restart of one pod makes.
-func (s Shape) ChangedSlice(i, k int) (before, after *discovery.EndpointSlice) {
-	before = s.Slices(i)[0]
-	after = before.DeepCopy()
+func (s Shape) ChangedSlice(i, k int) *discovery.EndpointSlice {
+	after := s.Slices(i)[0]
 	after.Endpoints[0].Addresses = []string{EndpointIP(ChangedEndpointBase, k).String()}
-	return before, after
+	return after
 }

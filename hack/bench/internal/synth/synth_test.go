@@ -47,6 +47,6 @@ func TestGeneratedAddressesAreDistinct(t *testing.T) {
 	for _, ep := range slices[0].Endpoints {
 		add(ep.Addresses[0], "added endpoint")
 	}
-	_, after := s.ChangedSlice(2, 2)
+	after := s.ChangedSlice(2, 2)
 	add(after.Endpoints[0].Addresses[0], "changed endpoint")
 }
