@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kproxy-dev/kproxy/pkg/healthcheck"
+	"github.com/kproxy-dev/kproxy/pkg/runner"
 )
 
 // TestHealthWhileWaitingAndFailing drives a proxier through an API server that has not
@@ -45,8 +47,8 @@ func TestHealthWhileWaitingAndFailing(t *testing.T) {
 	// attempted before the lists are in.
 	health.Started(v1.IPv4Protocol)
 	p.requestSync()
-	if err := p.Sync(ctx); err != nil {
-		t.Fatalf("sync before the lists: %v", err)
+	if err := p.Sync(ctx); !errors.Is(err, runner.ErrNotReady) {
+		t.Fatalf("sync before the lists: %v, want not ready", err)
 	}
 	clk.Step(10 * syncPeriod)
 	probe("API server not listed yet", 503, 200, 503, "waiting for the initial list")

@@ -269,7 +269,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	if errors.Is(err, errNotListed) {
 		klog.FromContext(ctx).V(2).Info("Not syncing until Services and EndpointSlices have been listed")
-		return nil
+		// The lists' arrival requests the next sync, which must not wait out the
+		// minimum sync period because of this attempt.
+		return fmt.Errorf("%w: %w", runner.ErrNotReady, err)
 	}
 	return err
 }

@@ -22,11 +22,19 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 )
+
+// ErrNotReady is what fn returns when it could not start its work yet and the event that
+// makes it ready will request the next run (the proxier before the initial lists): such
+// a run changes nothing, so it neither holds the next run back by minInterval nor arms
+// a retry or periodic run. Without it a proxy started a second before its lists arrived
+// waited out minInterval before its first real sync.
+var ErrNotReady = errors.New("not ready to run")
 
 // Runner calls a function on request, bounded in frequency by minInterval
 // and forced at least every maxInterval. Create it with New, drive it with
@@ -106,6 +114,9 @@ func (r *Runner) Loop(ctx context.Context) {
 		}
 
 		err := r.fn(ctx)
+		if errors.Is(err, ErrNotReady) {
+			continue
+		}
 
 		delay := r.maxInterval
 		if err != nil {

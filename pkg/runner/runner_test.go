@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -148,6 +149,23 @@ func TestFirstRunOnlyWhenRequested(t *testing.T) {
 		t.Fatalf("runner holds %d timers before its first run, want 0", n)
 	}
 
+	h.r.Run()
+	h.runOnce(h.clk.Now(), nil)
+}
+
+// TestNotReadyRunHoldsNothingBack: a run that was not ready yet neither delays the next
+// requested run by minInterval nor arms a retry or periodic run.
+func TestNotReadyRunHoldsNothingBack(t *testing.T) {
+	h := newHarness(t, minInterval, retryInterval, maxInterval)
+	h.start()
+	h.r.Run()
+	h.expectCall()
+	h.result <- fmt.Errorf("waiting for lists: %w", ErrNotReady)
+	h.waitForWaiters(0)
+	h.clk.Step(2 * maxInterval)
+	h.expectNoCall()
+
+	// The event that makes it ready requests a run: served at once.
 	h.r.Run()
 	h.runOnce(h.clk.Now(), nil)
 }
