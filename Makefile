@@ -1,5 +1,5 @@
 # A thin menu over hack/*.sh; every target's logic lives in its script.
-.PHONY: all build test verify bench bench-daemon render demo e2e diff image clean
+.PHONY: all build test verify bench bench-daemon render demo e2e diff image realnode clean
 
 all: build
 
@@ -32,6 +32,9 @@ diff:
 
 image:
 	hack/image.sh
+
+realnode:
+	hack/realnode.sh
 
 clean:
 	rm -rf bin

@@ -1,6 +1,7 @@
 //go:build tools
 
-// Package tools pins the commands hack/build-tools.sh builds for the e2e cluster, so that
+// Package tools pins the commands hack/build-tools.sh builds for the e2e cluster (and the
+// kubelet hack/build-node-tools.sh builds for hack/realnode), so that
 // `go mod tidy` keeps every module they need in go.mod and go.sum. It is never compiled.
 package tools
 
@@ -9,4 +10,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
