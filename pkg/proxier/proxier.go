@@ -219,7 +219,7 @@ func (p *Proxier) serviceChanged(svc *v1.Service, deleted bool) {
 	metrics.ServiceChangesTotal.Inc()
 	if p.tracker.ServiceChanged(svc, deleted) {
 		p.updatePendingGauges()
-		p.requestSync()
+		p.requestSyncOnceListed()
 	}
 }
 
@@ -242,6 +242,17 @@ func (p *Proxier) sliceChanged(s *discovery.EndpointSlice, deleted bool) {
 	if p.tracker.EndpointSliceChanged(s, deleted) {
 		metrics.EndpointChangesTotal.Inc()
 		p.updatePendingGauges()
+		p.requestSyncOnceListed()
+	}
+}
+
+// requestSyncOnceListed requests a sync for a change, unless the initial lists are still
+// arriving: a sync could not run yet, and the lists' end requests one anyway. Without
+// this, every event of the initial lists made the runner attempt a sync (thousands at
+// 10k Services, each logged), since attempts before the lists no longer wait out
+// minSyncPeriod.
+func (p *Proxier) requestSyncOnceListed() {
+	if p.servicesSynced.Load() && p.slicesSynced.Load() {
 		p.requestSync()
 	}
 }

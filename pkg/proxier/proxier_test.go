@@ -92,6 +92,42 @@ func TestNoSyncBeforeBothListsAreDone(t *testing.T) {
 	}
 }
 
+// TestInitialListEventsRequestNoSync: the events of the initial lists do not each ask the
+// runner for a sync (it could not run, and would be attempted at once, thousands of
+// times at 10k Services); the end of each list does, and every change after both.
+func TestInitialListEventsRequestNoSync(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC))
+	p, _ := newTestProxierWith(t, func(c *Config) { c.Clock = clk })
+	gauge := metrics.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(string(v1.IPv4Protocol))
+	gauge.Set(0)
+	var lastRequest time.Time // zero: none yet
+	for _, step := range []struct {
+		what     string
+		event    func()
+		requests bool
+	}{
+		{"a Service in the initial list", func() { p.OnServiceAdd(testService("a", "172.30.0.1", 80)) }, false},
+		{"a slice in the initial list", func() { p.OnEndpointSliceAdd(testSlice("a", "10.1.0.1")) }, false},
+		{"the end of the Services' list", p.OnServicesSynced, true},
+		{"a slice before the slices' list ended", func() { p.OnEndpointSliceAdd(testSlice("b", "10.1.0.2")) }, false},
+		{"the end of the slices' list", p.OnEndpointSlicesSynced, true},
+		{"a change after both lists", func() { p.OnServiceAdd(testService("c", "172.30.0.3", 80)) }, true},
+	} {
+		clk.Step(time.Second)
+		step.event()
+		if step.requests {
+			lastRequest = clk.Now()
+		}
+		want := float64(0)
+		if !lastRequest.IsZero() {
+			want = float64(lastRequest.Unix())
+		}
+		if got := testutil.ToFloat64(gauge); got != want {
+			t.Errorf("after %s: last sync request at %v, want %v", step.what, got, want)
+		}
+	}
+}
+
 // syncedTwoServices returns a proxier that has synced services a (172.30.0.1:80 ->
 // 10.1.0.1) and b (172.30.0.2:80 -> 10.1.0.2) onto its fake.
 func syncedTwoServices(t *testing.T) (*Proxier, *fake.Fake) {
