@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
@@ -17,8 +16,8 @@ import (
 // is its key and what announcing its deletion needs, so that a relist (after a watch
 // expired) can tell which objects went away while no watch was open.
 //
-// T is the object type (*v1.Service, *discovery.EndpointSlice); the reflector calls the
-// store from one goroutine, and Synced from any.
+// T is the object type (*v1.Service, *discovery.EndpointSlice). The reflector calls the
+// store from one goroutine.
 type forwarder[T runtime.Object] struct {
 	onAdd, onUpdate, onDelete func(T)
 	// detail is what the handlers read of a deleted object besides its namespace and
@@ -33,7 +32,7 @@ type forwarder[T runtime.Object] struct {
 	// known maps the key of every object delivered and not deleted to its detail.
 	known map[string]string
 	// listed is set by the first Replace: the initial list has been delivered.
-	listed atomic.Bool
+	listed bool
 }
 
 var _ cache.ReflectorStore = (*forwarder[runtime.Object])(nil)
@@ -120,7 +119,8 @@ func (f *forwarder[T]) Replace(list []interface{}, _ string) error {
 		// The store owns the list: let the objects go as they are delivered.
 		list[i] = nil
 	}
-	if !f.listed.Swap(true) {
+	if !f.listed {
+		f.listed = true
 		f.synced()
 	}
 	return nil
