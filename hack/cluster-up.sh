@@ -138,10 +138,16 @@ admin_token=$(openssl rand -hex 16)
 kproxy_token=$(openssl rand -hex 16)
 kcm_token=$(openssl rand -hex 16)
 # token,user,uid,"group1,group2"
+scheduler_token=$(openssl rand -hex 16)
+# A token for kube-scheduler and one per node (user system:node:NAME in group system:nodes),
+# for real kubelets and the workload controllers of hack/realnode: kube-apiserver reads the
+# file only at start.
 cat > "$pki/tokens.csv" << TOKENS
 $admin_token,kpx-admin,kpx-admin,"system:masters"
 $kproxy_token,system:kube-proxy,system:kube-proxy
 $kcm_token,system:kube-controller-manager,system:kube-controller-manager
+$scheduler_token,system:kube-scheduler,system:kube-scheduler
+$(for ((i = 1; i <= NODES; i++)); do echo "$(openssl rand -hex 16),system:node:$(node_name "$i"),system:node:$(node_name "$i"),\"system:nodes\""; done)
 TOKENS
 chmod 600 "$pki"/*
 
@@ -214,6 +220,7 @@ KC
 kubeconfig admin "$admin_token" > "$STATE_DIR/admin.kubeconfig"
 kubeconfig system:kube-proxy "$kproxy_token" > "$STATE_DIR/kube-proxy.kubeconfig"
 kubeconfig system:kube-controller-manager "$kcm_token" > "$STATE_DIR/kube-controller-manager.kubeconfig"
+kubeconfig system:kube-scheduler "$scheduler_token" > "$STATE_DIR/kube-scheduler.kubeconfig"
 chmod 600 "$STATE_DIR"/*.kubeconfig
 
 log "starting kube-controller-manager"

@@ -42,11 +42,34 @@ for cmd in "iptables-legacy --version" "iptables-nft --version" "ip6tables-legac
 done
 in_image /usr/local/bin/kube-proxy --help > /dev/null || fail "kube-proxy --help fails"
 
-# A legacy node: the wrapper must switch `iptables` to legacy on first use.
+# The wrapper's choice on first use, in upstream's order; between the cases the
+# alternatives go back to the wrapper (the highest priority) and the staged chains go.
+reset() {
+  in_image update-alternatives --quiet --auto iptables
+  in_image update-alternatives --quiet --auto ip6tables
+  ip netns exec "$ns" iptables-legacy -t mangle -F; ip netns exec "$ns" iptables-legacy -t mangle -X
+  ip netns exec "$ns" iptables-legacy -t nat -F; ip netns exec "$ns" iptables-legacy -t nat -X
+  ip netns exec "$ns" iptables-nft -t mangle -F 2> /dev/null || true
+  ip netns exec "$ns" iptables-nft -t mangle -X 2> /dev/null || true
+}
+picks() { # BACKEND CASE: iptables-save in the image switched both families to BACKEND
+  in_image iptables-save > /dev/null
+  [ "$(in_image readlink /etc/alternatives/iptables)" = "/usr/sbin/iptables-$1" ] || fail "$2: iptables alternative not switched to $1"
+  [ "$(in_image readlink /etc/alternatives/ip6tables)" = "/usr/sbin/ip6tables-$1" ] || fail "$2: ip6tables alternative not switched to $1"
+}
+# A legacy host's kubelet made its hint chain there; no rules yet (a fresh node).
+ip netns exec "$ns" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
+picks legacy "legacy hint chain, no rules"
+# Hint chains in both: nft's wins, as upstream's wrapper decides.
+reset
+ip netns exec "$ns" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
+ip netns exec "$ns" iptables-nft -t mangle -N KUBE-KUBELET-CANARY
+picks nft "hint chains in both backends"
+# No hint: the backend holding the rules, and iptables-save shows them.
+reset
 ip netns exec "$ns" iptables-legacy -t nat -N KUBE-SERVICES
 ip netns exec "$ns" iptables-legacy -t nat -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp --dport 443 -j RETURN
 saved=$(in_image iptables-save -t nat)
 grep -q -- '-A KUBE-SERVICES -d 10.96.0.1/32' <<< "$saved" || fail "iptables-save in the image does not show the legacy rules:\n$saved"
-[ "$(in_image readlink /etc/alternatives/iptables)" = /usr/sbin/iptables-legacy ] || fail "iptables alternative not switched to legacy"
-[ "$(in_image readlink /etc/alternatives/ip6tables)" = /usr/sbin/ip6tables-legacy ] || fail "ip6tables alternative not switched to legacy"
+picks legacy "legacy rules, no hint"
 echo "image-test: ok ($version-$arch: kube-proxy -> kproxy, both backends, kmod, conntrack, iptables follows the node's backend)"

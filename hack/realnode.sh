@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# The real-node prototype of issue 9, end to end: a one-node e2e cluster whose node runs a
-# real kubelet v1.37 with containerd and runc (hack/realnode), kproxy's OCI image imported
-# (never pulled), a static pod from that image, and deploy/'s DaemonSet until its pod is
-# Ready (kproxy synced). Everything is torn down at the end. Needs root.
+# Issue 9 end to end on real kubelets: a two-node e2e cluster without kproxy, then
+# hack/realnode/swap.sh: node-1 becomes a real node (kubelet v1.37, containerd, runc, CNI
+# bridge), kubeadm installs stock kube-proxy, echo pods serve a NodePort Service under steady
+# traffic, kproxy replaces kube-proxy in place (deploy/replace-kube-proxy), node-2 joins with
+# no rules and gets kproxy's, and the rollback restores kube-proxy on both nodes; any failed
+# request or broken connection fails the run. Everything is torn down at the end; the
+# operator's transcript, the measured times and the logs stay in _output/realnode/BACKEND.
+# Needs root.
 #
-# Not in make test yet: a cold build of kubelet and containerd takes about 12 minutes on 2
-# cores (cached afterwards, hack/build-node-tools.sh), and the swap under traffic it is the
-# base for is still to come.
+# The node binaries are cached (hack/build-node-tools.sh: kubelet, kube-scheduler, kubeadm,
+# kubectl; about 5 minutes cold on 2 cores). Nodes run Debian's containerd 1.6 unless
+# CONTAINERD=source (containerd v2 from Go modules, about 8.5 minutes more cold).
 #
-# Environment: CLUSTER_NAME (default kpxnode); hack/realnode/node-up.sh's CONTAINERD_BIN.
+# Environment: CLUSTER_NAME (default kpxnode); CONTAINERD (debian or source); BACKENDS (default
+# "nft legacy": one run each); swap.sh's RATE and CONNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "realnode: not root; skipping (it starts a cluster, containerd and a kubelet in namespaces)" >&2
+  echo "realnode: not root; skipping (it starts a cluster, containerd and kubelets in namespaces)" >&2
   exit 0
 fi
 hack/install-deps.sh
 hack/install-e2e-deps.sh
 hack/install-image-deps.sh
+export CONTAINERD=${CONTAINERD:-debian}
 missing=()
 for c in runc bc; do command -v "$c" > /dev/null || missing+=("$c"); done
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+if [ "$CONTAINERD" = debian ]; then
+  command -v containerd > /dev/null || missing+=(containerd)
+  export CONTAINERD_BIN=/usr/bin
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
@@ -33,7 +43,24 @@ hack/build-node-tools.sh
 hack/image.sh
 
 export CLUSTER_NAME=${CLUSTER_NAME:-kpxnode}
-# The node first: cluster-down would leave its containers' cgroups behind.
-trap 'hack/realnode/node-down.sh 1 || true; hack/cluster-down.sh || true' EXIT
-NODES=1 KPROXY=0 hack/cluster-up.sh
-hack/realnode/node-up.sh 1
+# The nodes first: cluster-down would leave their containers' cgroups behind. The logs
+# (control plane, kubelets, containerd, every pod's containers) stay in OUT/logs.
+teardown() {
+  hack/realnode/node-down.sh 2 || true
+  hack/realnode/node-down.sh 1 || true
+  local state=${TMPDIR:-/tmp}/kproxy-cluster/$CLUSTER_NAME logs=$OUT/logs
+  rm -rf "$logs"
+  mkdir -p "$logs"
+  cp -r "$state"/logs "$state"/realnode-node-* "$logs"/ 2> /dev/null || true
+  hack/cluster-down.sh || true
+}
+# Once per iptables backend, each on a fresh cluster: on nft (what a node with no rules
+# gets) and on legacy (what a node whose kubelet or OS uses iptables-legacy gets).
+for backend in ${BACKENDS:-nft legacy}; do
+  export BACKEND=$backend OUT=$(pwd)/_output/realnode/$backend
+  trap teardown EXIT
+  NODES=2 KPROXY=0 hack/cluster-up.sh
+  hack/realnode/swap.sh
+  trap - EXIT
+  teardown
+done

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test tier: static checks, unit tests (goldens, packet tracer, rule counts) and,
-# as root, the privileged tests that apply rules with the real iptables-restore in throwaway
-# network namespaces and send real traffic, the benchmark smoke, the e2e tests against a
-# real kube-apiserver (hack/e2e.sh; its first run builds the control plane and upstream
-# kube-proxy, about 25 minutes on 2 cores, cached after), the daemon benchmark's smoke run
-# (hack/bench-daemon.sh -smoke) and a bounded differential run
-# against upstream kube-proxy (hack/diff.sh), and the OCI image (hack/image.sh builds it from
-# Debian's packages, hack/image-test.sh checks it). Not root: privileged, e2e, differential
-# and image tests skip with a message.
+# as root:
+#   - the privileged tests that apply rules with the real iptables-restore in throwaway
+#     network namespaces and send real traffic, and the benchmark smoke;
+#   - the e2e tests against a real kube-apiserver, then the swap from kubeadm's kube-proxy to
+#     kproxy and back on real kubelets under traffic (hack/e2e.sh, hack/realnode.sh; the first
+#     run builds the control plane, upstream kube-proxy and the node binaries, about 30
+#     minutes on 2 cores, cached after);
+#   - the daemon benchmark's smoke run (hack/bench-daemon.sh -smoke);
+#   - the OCI image (hack/image.sh builds it from Debian's packages, hack/image-test.sh checks
+#     it) and a bounded differential run against upstream kube-proxy (hack/diff.sh).
+# Not root: privileged, e2e, differential and image tests skip with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"

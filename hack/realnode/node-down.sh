@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Undoes hack/realnode/node-up.sh NODE_INDEX (default 1); run it before hack/cluster-down.sh.
 # Stops the node's supervisor (which kills kubelet, containerd, the shims and every
-# container), the extra kube-controller-manager, kills whatever is left in the node's
-# cgroups and removes them. The node's mounts lived only in its mount namespace and are gone
+# container), kills whatever is left in the node's cgroups and removes them. The node's mounts lived only in its mount namespace and are gone
 # with its last process. Keeps the logs in $STATE_DIR/realnode-NODE (logs, *.log).
 set -euo pipefail
 source "$(dirname "$0")/../cluster/lib.sh"
@@ -13,7 +12,6 @@ cg=kpx-realnode-$CLUSTER_NAME-$node
 [ "$(id -u)" -eq 0 ] || die "node-down needs root"
 if [ -d "$STATE_DIR/procs" ]; then
   proc_stop "realnode-$node" TERM 20
-  proc_stop kcm-daemonset TERM 5
 fi
 left=0
 for _ in $(seq 50); do

@@ -15,7 +15,7 @@
 set -euo pipefail
 rn=$1
 # shellcheck source=/dev/null
-source "$rn/node.env" # CG (cgroup name), NODE_BIN, IMAGES (archives), NODE_NAME
+source "$rn/node.env" # CG (cgroup name), NODE_BIN, IMAGES (archives), NODE_NAME, NODE_IPTABLES
 export PATH="$NODE_BIN:$PATH"
 log() { echo "[$(date +%H:%M:%S.%3N)] node-run: $*" >&2; }
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
@@ -54,6 +54,14 @@ for f in "$rn"/sysctl/*; do
   log "kernel tunable $p reads $(cat "$p") in this node (host value left alone)"
 done
 
+# The node's OS flavour: which backend `iptables` is. kubelet makes its KUBE-IPTABLES-HINT
+# chain with it, and the proxies' images pick their backend from that chain. The
+# alternatives live in /etc and /var/lib, this node's overlays.
+if [ -n "$NODE_IPTABLES" ]; then
+  for f in iptables ip6tables; do update-alternatives --quiet --set "$f" "/usr/sbin/$f-$NODE_IPTABLES"; done
+  log "iptables here is $(readlink -f "$(command -v iptables)") ($NODE_IPTABLES)"
+fi
+
 kubelet_pid= ctrd_pid=
 stop_all() {
   trap - TERM INT
@@ -91,7 +99,7 @@ for spec in $IMAGES; do # ARCHIVE=NAME
   # sha256:...: image docker.io/library/import-...: not found"), even after ctr images rm.
   # --index-name only when the archive has no such tag: both under one name leave none.
   name=${spec#*=} archive=${spec%%=*} index=(--index-name "$name")
-  if tar -xOf "$archive" ./index.json | grep -q "\"org.opencontainers.image.ref.name\": *\"${name##*:}\""; then
+  if tar -xOf "$archive" ./index.json | grep "\"org.opencontainers.image.ref.name\": *\"${name##*:}\"" > /dev/null; then
     index=()
   fi
   ctr -n k8s.io images import --base-name "${name%:*}" "${index[@]}" "$archive" >&2

@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# Prototype for issue 9: turns node NODE_INDEX (default 1) of a running e2e cluster
-# (hack/cluster-up.sh, best with KPROXY=0) into a real node: containerd v2 + runc + CNI
-# bridge on cbr0 + kubelet v1.37, inside the node's network namespace and a mount namespace
-# of their own (hack/realnode/node-run.sh says what is per node), registering as the Node
-# cluster-up made. Images are imported, never pulled: a pause image (hack/realnode/pause,
-# packaged with umoci) and kproxy's OCI archive (hack/image.sh) as
-# ghcr.io/kproxy-dev/kproxy:v0.1.0, the name deploy/ uses.
-#
-# Then (SMOKE=1, the default) it runs a static pod from kproxy's image (an init container
-# `kproxy --version`, then `sleep infinity`) and deploy/ (ConfigMap with the control plane's
-# address, DaemonSet; a second kube-controller-manager runs only the daemonset controller,
-# which cluster-up leaves out; no kube-scheduler runs, so smoke.sh binds its pod) and waits
-# until both pods are Running/Ready.
+# Turns node NODE_INDEX (default 1) of a running e2e cluster (hack/cluster-up.sh with
+# KPROXY=0) into a real node: containerd + runc + CNI bridge on cbr0 + kubelet v1.37, inside
+# the node's network namespace and a mount namespace of their own (hack/realnode/node-run.sh
+# says what is per node), registering as node-NODE_INDEX. Images are imported, never pulled:
+# a pause image (hack/realnode/pause, packaged with umoci), kproxy's OCI archive
+# (hack/image.sh) as ghcr.io/kproxy-dev/kproxy:v0.1.0 (the name deploy/ uses) and
+# EXTRA_IMAGES. Returns once the kubelet reports the Node Ready; hack/realnode/swap.sh runs
+# the pods.
 #
 # Undo with hack/realnode/node-down.sh BEFORE hack/cluster-down.sh.
 # Needs: hack/build-node-tools.sh, runc (apt-get install runc), containernetworking-plugins,
@@ -20,12 +15,13 @@
 # Environment: CLUSTER_NAME (default kpx), NODE_BIN (_output/tools/node-bin),
 # CONTAINERD_BIN (folder with containerd, containerd-shim-runc-v2 and ctr; default NODE_BIN;
 # /usr/bin for Debian's containerd 1.6, which kubelet 1.37 accepts too), RUNC (runc binary),
-# IMAGE_ARCHIVE (default: the newest _output/image/kproxy-*.oci.tar), SMOKE=1.
+# IMAGE_ARCHIVE (default: the newest _output/image/kproxy-*.oci.tar), EXTRA_IMAGES (more
+# images to import: space-separated ARCHIVE=NAME), NODE_IPTABLES (the node's `iptables`,
+# nft or legacy; default: the host's).
 set -euo pipefail
 source "$(dirname "$0")/../cluster/lib.sh"
 i=${1:-1}
 : "${NODE_BIN:=$REPO_ROOT/_output/tools/node-bin}"
-: "${SMOKE:=1}"
 : "${CONTAINERD_BIN:=$NODE_BIN}"
 t_start=$(date +%s.%N)
 elapsed() { printf '%.1f' "$(echo "$(date +%s.%N) - $t_start" | bc)"; }
@@ -57,16 +53,9 @@ api=https://$CP_IP:$APISERVER_PORT
 cp_ns=$(ns_cp)
 kapi() { nsx "$cp_ns" curl -fsS -k "${admin[@]}" "$@"; }
 
-# --- node identity: a token of user system:node:NODE in group system:nodes -----------------
-# kube-apiserver only has --token-auth-file (no client CA, no bootstrap tokens), so the token
-# is added there and the API server restarted (it does not reload the file).
-if ! grep -q ",system:node:$node," "$STATE_DIR/pki/tokens.csv"; then
-  echo "$(openssl rand -hex 16),system:node:$node,system:node:$node,\"system:nodes\"" >> "$STATE_DIR/pki/tokens.csv"
-  log "added a token for system:node:$node; restarting kube-apiserver"
-  proc_stop kube-apiserver TERM 3
-  proc_start kube-apiserver
-  wait_for 120 kube-apiserver kapi "$api/readyz" || die "kube-apiserver not ready after the restart"
-fi
+# --- node identity: the token of user system:node:NODE (group system:nodes) cluster-up made --
+grep -q ",system:node:$node," "$STATE_DIR/pki/tokens.csv" ||
+  die "cluster $CLUSTER_NAME has no token for system:node:$node (made by an older hack/cluster-up.sh?)"
 node_token=$(awk -F, -v u="system:node:$node" '$2==u{print $1}' "$STATE_DIR/pki/tokens.csv")
 sed -e "s#^\(    token: \).*#\1$node_token#" -e "s#^- name: admin\$#- name: $node#" \
   -e "s#user: admin}#user: $node}#" -e "s#admin@#$node@#g" "$STATE_DIR/admin.kubeconfig" > "$rn/kubelet.kubeconfig"
@@ -111,7 +100,8 @@ cat > "$rn/node.env" << ENV
 CG=$cg
 NODE_BIN=$CONTAINERD_BIN:$NODE_BIN
 NODE_NAME=$node
-IMAGES="$rn/images/pause.tar=$pause_ref $IMAGE_ARCHIVE=$kproxy_ref"
+IMAGES="$rn/images/pause.tar=$pause_ref $IMAGE_ARCHIVE=$kproxy_ref${EXTRA_IMAGES:+ $EXTRA_IMAGES}"
+NODE_IPTABLES=${NODE_IPTABLES:-}
 ENV
 if [ "$ctrd_major" -ge 2 ]; then
   cat > "$rn/containerd.toml" << TOML
@@ -206,10 +196,7 @@ log "node $node: supervisor started (log $STATE_DIR/logs/realnode-$node.log, kub
 # own status says "kubelet is posting ready status".
 node_ready() {
   grep -q 'Successfully registered node\|Node was previously registered' "$rn/kubelet.log" &&
-    kapi "$api/api/v1/nodes/$node" | grep -q '"message": *"kubelet is posting ready status'
+    kapi "$api/api/v1/nodes/$node" | grep '"message": *"kubelet is posting ready status' > /dev/null
 }
 wait_for 180 kubelet node_ready || die "node $node not Ready after 180s; see $rn/kubelet.log"
 log "node $node Ready after $(elapsed)s"
-[ "$SMOKE" = 1 ] || exit 0
-"$REPO_ROOT/hack/realnode/smoke.sh" "$i"
-log "node $node: smoke pods running $(elapsed)s after node-up started"

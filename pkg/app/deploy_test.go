@@ -62,7 +62,9 @@ func TestDeployManifestsAreValid(t *testing.T) {
 	}
 
 	ds := decode("../../deploy/daemonset.yaml")[0].(*appsv1.DaemonSet)
-	args := ds.Spec.Template.Spec.Containers[0].Args
+	main := ds.Spec.Template.Spec.Containers[0]
+	args := main.Args
+	checkLeastPrivilege(t, ds.Spec.Template.Spec, append(append([]string(nil), main.Command...), args...), main.VolumeMounts)
 	cmd := NewCommand()
 	if err := cmd.ParseFlags(args); err != nil {
 		t.Fatalf("DaemonSet args %v: %v", args, err)
@@ -117,7 +119,7 @@ func TestReplaceKubeProxyPatch(t *testing.T) {
 	}
 	if !reflect.DeepEqual(c.Command, was.Command) || !reflect.DeepEqual(c.VolumeMounts, was.VolumeMounts) || !reflect.DeepEqual(c.Env, was.Env) ||
 		!reflect.DeepEqual(after.Spec.Template.Spec.Volumes, before.Spec.Template.Spec.Volumes) ||
-		after.Spec.Template.Spec.ServiceAccountName != "kube-proxy" || !reflect.DeepEqual(c.SecurityContext, was.SecurityContext) {
+		after.Spec.Template.Spec.ServiceAccountName != "kube-proxy" {
 		t.Errorf("the patch changed what it must keep:\nbefore %+v\nafter  %+v", was, c)
 	}
 	if c.Command[0] != "/usr/local/bin/kube-proxy" {
@@ -126,5 +128,44 @@ func TestReplaceKubeProxyPatch(t *testing.T) {
 	cmd := NewCommand()
 	if err := cmd.ParseFlags(c.Command[1:]); err != nil {
 		t.Errorf("kubeadm's arguments %v: %v", c.Command[1:], err)
+	}
+
+	checkLeastPrivilege(t, after.Spec.Template.Spec, was.Command, was.VolumeMounts)
+}
+
+// checkLeastPrivilege checks the split of kproxy's DaemonSets: the long-running container
+// (the first) is unprivileged with exactly NET_ADMIN and NET_RAW, and one privileged init
+// container runs its image with invocation plus --init-only (invocation: command then
+// args), with mounts as the long-running container's (mounts) has them.
+func checkLeastPrivilege(t *testing.T, pod v1.PodSpec, invocation []string, mounts []v1.VolumeMount) {
+	t.Helper()
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil ||
+		!reflect.DeepEqual(sc.Capabilities.Add, []v1.Capability{"NET_ADMIN", "NET_RAW"}) {
+		t.Errorf("main container's security context %+v, want unprivileged with NET_ADMIN and NET_RAW", sc)
+	}
+	if len(pod.InitContainers) != 1 {
+		t.Fatalf("%d init containers, want 1", len(pod.InitContainers))
+	}
+	ic := pod.InitContainers[0]
+	if ic.Image != c.Image || ic.SecurityContext == nil || ic.SecurityContext.Privileged == nil || !*ic.SecurityContext.Privileged {
+		t.Errorf("init container %+v, want kproxy's image, privileged", ic)
+	}
+	got := append(append([]string(nil), ic.Command...), ic.Args...)
+	if want := append(append([]string(nil), invocation...), "--init-only"); !reflect.DeepEqual(got, want) || len(ic.Env) > len(c.Env) || !reflect.DeepEqual(ic.Env, c.Env[:len(ic.Env)]) {
+		t.Errorf("init container runs %v with env %v, want %v and the main container's env", got, ic.Env, want)
+	}
+	if err := NewCommand().ParseFlags(got[1:]); err != nil {
+		t.Errorf("init container's arguments %v: %v", got[1:], err)
+	}
+	paths := map[string]string{}
+	for _, m := range mounts {
+		paths[m.Name] = m.MountPath
+	}
+	for _, m := range ic.VolumeMounts {
+		if paths[m.Name] != m.MountPath {
+			t.Errorf("init container mounts %s at %s, the main container at %q", m.Name, m.MountPath, paths[m.Name])
+		}
 	}
 }

@@ -15,7 +15,15 @@
 // runs on have no SCTP sockets.
 //
 // As a client (-client ADDR) it sends -count requests over -proto and prints each answer,
-// or the error, one per line; the exit code is 1 if any request failed.
+// or the error, one per line; the exit code is 1 if any request failed. With -every it
+// waits that long between requests; with -reuse (tcp and udp) it sends them all on one
+// connection or socket, so that they share one conntrack entry.
+//
+// As a soak (-soak ADDR) it keeps -conns long-lived TCP connections open, pinging each every
+// -interval, and sends -rate requests a second on new TCP connections, until SIGTERM; then it
+// prints a JSON summary (requests, failures, broken connections, resets, answers by pod) and
+// exits 1 if anything failed. It is the traffic of the real-node proxy swap
+// (hack/realnode/swap.sh).
 package main
 
 import (
@@ -44,17 +52,26 @@ func main() {
 	proto := flag.String("proto", "tcp", "client protocol: tcp, udp or http")
 	count := flag.Int("count", 1, "client: number of requests, each on a new connection")
 	timeout := flag.Duration("timeout", 2*time.Second, "client: timeout of one request")
+	every := flag.Duration("every", 0, "client: pause between requests")
+	reuse := flag.Bool("reuse", false, "client: send every request on one connection (tcp) or socket (udp)")
+	soakAddr := flag.String("soak", "", "run a soak against this host:port until SIGTERM")
+	rate := flag.Int("rate", 20, "soak: requests per second, each on a new TCP connection")
+	conns := flag.Int("conns", 4, "soak: long-lived TCP connections")
+	interval := flag.Duration("interval", 200*time.Millisecond, "soak: ping period of each long-lived connection")
 	flag.Parse()
 
 	if *client != "" {
-		os.Exit(runClient(*proto, *client, *count, *timeout))
+		os.Exit(runClient(clientOptions{proto: *proto, addr: *client, count: *count, timeout: *timeout, every: *every, reuse: *reuse}))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if *soakAddr != "" {
+		os.Exit(runSoak(ctx, soakOptions{addr: *soakAddr, rate: *rate, conns: *conns, interval: *interval, timeout: *timeout}))
 	}
 	if *name == "" {
 		fmt.Fprintln(os.Stderr, "kpx-echo: -name is required")
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if err := serve(ctx, *name, *ports); err != nil {
 		fmt.Fprintln(os.Stderr, "kpx-echo:", err)
 		os.Exit(1)
@@ -141,10 +158,42 @@ func serveUDP(name string, port int, pc net.PacketConn) {
 	}
 }
 
-func runClient(proto, addr string, count int, timeout time.Duration) int {
+// clientOptions are the requests of one client run.
+type clientOptions struct {
+	proto, addr string
+	count       int
+	timeout     time.Duration // bound of one request
+	every       time.Duration // pause between requests
+	reuse       bool          // one connection or socket for every request
+}
+
+func runClient(o clientOptions) int {
+	var shared net.Conn
+	if o.reuse {
+		if o.proto == "http" {
+			fmt.Fprintln(os.Stderr, "kpx-echo: -reuse needs -proto tcp or udp")
+			return 2
+		}
+		c, err := net.DialTimeout(o.proto, o.addr, o.timeout)
+		if err != nil {
+			fmt.Printf("error: %v\n", err)
+			return 1
+		}
+		defer c.Close()
+		shared = c
+	}
 	failed := 0
-	for range count {
-		line, err := request(proto, addr, timeout)
+	for i := range o.count {
+		if i > 0 {
+			time.Sleep(o.every)
+		}
+		var line string
+		var err error
+		if shared != nil {
+			line, err = exchange(shared, o.proto, o.timeout)
+		} else {
+			line, err = request(o.proto, o.addr, o.timeout)
+		}
 		if err != nil {
 			failed++
 			fmt.Printf("error: %v\n", err)
@@ -158,6 +207,25 @@ func runClient(proto, addr string, count int, timeout time.Duration) int {
 	return 0
 }
 
+// exchange sends one ping on an open TCP connection or UDP socket and reads the answer.
+// Over UDP a lost answer only costs this request: the socket stays usable.
+func exchange(c net.Conn, proto string, timeout time.Duration) (string, error) {
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return "", err
+	}
+	if proto == "udp" {
+		buf := make([]byte, 2048)
+		n, err := c.Read(buf)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSpace(string(buf[:n])), nil
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
 // request makes one request on a new connection and returns the answer line.
 func request(proto, addr string, timeout time.Duration) (string, error) {
 	network := proto
@@ -169,49 +237,30 @@ func request(proto, addr string, timeout time.Duration) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	switch proto {
-	case "udp":
-		if _, err := c.Write([]byte("ping\n")); err != nil {
-			return "", err
-		}
-		buf := make([]byte, 2048)
-		n, err := c.Read(buf)
-		if err != nil {
-			return "", err
-		}
-		return strings.TrimSpace(string(buf[:n])), nil
-	case "http":
-		if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", addr); err != nil {
-			return "", err
-		}
-		r := bufio.NewReader(c)
-		status, err := r.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		if !strings.Contains(status, " 200 ") {
-			return "", errors.New("HTTP status: " + strings.TrimSpace(status))
-		}
-		for {
-			h, err := r.ReadString('\n')
-			if err != nil {
-				return "", err
-			}
-			if strings.TrimSpace(h) == "" {
-				break
-			}
-		}
-		body, err := r.ReadString('\n')
-		return strings.TrimSpace(body), err
-	default:
-		if _, err := c.Write([]byte("ping\n")); err != nil {
-			return "", err
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		return strings.TrimSpace(line), nil
+	if proto != "http" {
+		return exchange(c, proto, timeout)
 	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", addr); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(c)
+	status, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if !strings.Contains(status, " 200 ") {
+		return "", errors.New("HTTP status: " + strings.TrimSpace(status))
+	}
+	for {
+		h, err := r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if strings.TrimSpace(h) == "" {
+			break
+		}
+	}
+	body, err := r.ReadString('\n')
+	return strings.TrimSpace(body), err
 }
