@@ -137,11 +137,10 @@ openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2> /dev/null
 admin_token=$(openssl rand -hex 16)
 kproxy_token=$(openssl rand -hex 16)
 kcm_token=$(openssl rand -hex 16)
-# token,user,uid,"group1,group2"
 scheduler_token=$(openssl rand -hex 16)
-# A token for kube-scheduler and one per node (user system:node:NAME in group system:nodes),
-# for real kubelets and the workload controllers of hack/realnode: kube-apiserver reads the
-# file only at start.
+# token,user,uid,"group1,group2". Also a token for kube-scheduler and one per node (user
+# system:node:NAME in group system:nodes), for the real kubelets and the workload controllers
+# of hack/realnode: kube-apiserver reads the file only at start.
 cat > "$pki/tokens.csv" << TOKENS
 $admin_token,kpx-admin,kpx-admin,"system:masters"
 $kproxy_token,system:kube-proxy,system:kube-proxy

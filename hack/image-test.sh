@@ -3,8 +3,9 @@
 # resolves (skopeo), and in its unpacked root file system, run in a network namespace of
 # its own (the host's rules are never read or touched): kube-proxy's DaemonSet command
 # (/usr/local/bin/kube-proxy) is kproxy with the stamped version, both iptables backends,
-# modprobe and conntrack work, and `iptables-save` shows the backend holding the rules
-# (a legacy rule staged there) rather than Debian's default. Needs root.
+# modprobe and conntrack work, and `iptables` follows the node's backend as upstream's
+# iptables-wrapper decides: kubelet's hint chain in nft, else in legacy, else the backend
+# holding the rules (a legacy rule staged there, which `iptables-save` then shows). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$(pwd)/_output/image}
@@ -72,4 +73,7 @@ ip netns exec "$ns" iptables-legacy -t nat -A KUBE-SERVICES -d 10.96.0.1/32 -p t
 saved=$(in_image iptables-save -t nat)
 grep -q -- '-A KUBE-SERVICES -d 10.96.0.1/32' <<< "$saved" || fail "iptables-save in the image does not show the legacy rules:\n$saved"
 picks legacy "legacy rules, no hint"
+# Nothing anywhere (a node before kubelet's first start): nft, as Debian's default.
+reset
+picks nft "no hint, no rules"
 echo "image-test: ok ($version-$arch: kube-proxy -> kproxy, both backends, kmod, conntrack, iptables follows the node's backend)"

@@ -3,8 +3,9 @@
 # hack/realnode/swap.sh: node-1 becomes a real node (kubelet v1.37, containerd, runc, CNI
 # bridge), kubeadm installs stock kube-proxy, echo pods serve a NodePort Service under steady
 # traffic, kproxy replaces kube-proxy in place (deploy/replace-kube-proxy), node-2 joins with
-# no rules and gets kproxy's, and the rollback restores kube-proxy on both nodes; any failed
-# request or broken connection fails the run. Everything is torn down at the end; the
+# no rules and gets kproxy's, the rollback restores kube-proxy on both nodes, and finally
+# kube-proxy is deleted and deploy/ installed. Any failed request or broken connection fails
+# the run, and so does any difference between the rules kube-proxy and kproxy leave on a node. Everything is torn down at the end; the
 # operator's transcript, the measured times and the logs stay in _output/realnode/BACKEND.
 # Needs root.
 #
@@ -12,7 +13,8 @@
 # kubectl; about 5 minutes cold on 2 cores). Nodes run Debian's containerd 1.6 unless
 # CONTAINERD=source (containerd v2 from Go modules, about 8.5 minutes more cold).
 #
-# Environment: CLUSTER_NAME (default kpxnode); CONTAINERD (debian or source); BACKENDS (default
+# Environment: CLUSTER_NAME (default kpxnode); CONTAINERD (debian, the default, with
+# CONTAINERD_BIN=/usr/bin unless set; or source); BACKENDS (default
 # "nft legacy": one run each); swap.sh's RATE and CONNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,7 @@ for c in runc bc; do command -v "$c" > /dev/null || missing+=("$c"); done
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 if [ "$CONTAINERD" = debian ]; then
   command -v containerd > /dev/null || missing+=(containerd)
-  export CONTAINERD_BIN=/usr/bin
+  export CONTAINERD_BIN=${CONTAINERD_BIN:-/usr/bin}
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
@@ -58,6 +60,7 @@ teardown() {
 # gets) and on legacy (what a node whose kubelet or OS uses iptables-legacy gets).
 for backend in ${BACKENDS:-nft legacy}; do
   export BACKEND=$backend OUT=$(pwd)/_output/realnode/$backend
+  rm -rf "$OUT"
   trap teardown EXIT
   NODES=2 KPROXY=0 hack/cluster-up.sh
   hack/realnode/swap.sh

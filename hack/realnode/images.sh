@@ -7,15 +7,16 @@
 #       conntrack), as upstream's image has them; the name kubeadm's DaemonSet uses
 #   kpx.test/kpx-echo:e2e   the e2e echo server (test/e2e/cmd/kpx-echo), alone in its image
 # Prints ARCHIVE=NAME pairs for node-up.sh's EXTRA_IMAGES. Needs root, umoci, and
-# hack/image.sh run first (its cached Debian layer).
+# hack/image.sh run first (its cached Debian layer). Environment: IMAGES_OUT (the archives'
+# folder, default _output/realnode-images).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/local/go/bin"
-out=${OUT:-$(pwd)/_output/realnode-images}
+out=${IMAGES_OUT:-$(pwd)/_output/realnode-images}
 arch=$(go env GOARCH)
 kube_proxy=${TOOLS_BIN:-$(pwd)/_output/tools/bin}/kube-proxy
 echo_bin=$(pwd)/_output/e2e/bin/kpx-echo
-base=$(ls -t _output/image/cache/debian-"$arch"-*.tar 2> /dev/null | head -1)
+base=$(ls -t _output/image/cache/debian-"$arch"-*.tar 2> /dev/null | head -1 || true)
 [ -x "$kube_proxy" ] || { echo "images: missing $kube_proxy: run hack/build-tools.sh" >&2; exit 1; }
 [ -x "$echo_bin" ] || { echo "images: missing $echo_bin: run hack/build-e2e.sh" >&2; exit 1; }
 [ -n "$base" ] || { echo "images: no Debian layer in _output/image/cache: run hack/image.sh" >&2; exit 1; }

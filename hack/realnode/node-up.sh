@@ -13,8 +13,9 @@
 # umoci, an image archive (make image).
 #
 # Environment: CLUSTER_NAME (default kpx), NODE_BIN (_output/tools/node-bin),
-# CONTAINERD_BIN (folder with containerd, containerd-shim-runc-v2 and ctr; default NODE_BIN;
-# /usr/bin for Debian's containerd 1.6, which kubelet 1.37 accepts too), RUNC (runc binary),
+# CONTAINERD_BIN (folder with containerd, containerd-shim-runc-v2 and ctr; default NODE_BIN
+# if hack/build-node-tools.sh built containerd there (CONTAINERD=source), else /usr/bin for
+# Debian's containerd 1.6, which kubelet 1.37 accepts too), RUNC (runc binary),
 # IMAGE_ARCHIVE (default: the newest _output/image/kproxy-*.oci.tar), EXTRA_IMAGES (more
 # images to import: space-separated ARCHIVE=NAME), NODE_IPTABLES (the node's `iptables`,
 # nft or legacy; default: the host's).
@@ -22,7 +23,7 @@ set -euo pipefail
 source "$(dirname "$0")/../cluster/lib.sh"
 i=${1:-1}
 : "${NODE_BIN:=$REPO_ROOT/_output/tools/node-bin}"
-: "${CONTAINERD_BIN:=$NODE_BIN}"
+: "${CONTAINERD_BIN:=$([ -x "$NODE_BIN/containerd" ] && echo "$NODE_BIN" || echo /usr/bin)}"
 t_start=$(date +%s.%N)
 elapsed() { printf '%.1f' "$(echo "$(date +%s.%N) - $t_start" | bc)"; }
 
@@ -34,7 +35,7 @@ for b in kubelet pause; do
   [ -x "$NODE_BIN/$b" ] || die "missing $NODE_BIN/$b: run hack/build-node-tools.sh"
 done
 for b in containerd containerd-shim-runc-v2 ctr; do
-  [ -x "$CONTAINERD_BIN/$b" ] || die "missing $CONTAINERD_BIN/$b: run hack/build-node-tools.sh"
+  [ -x "$CONTAINERD_BIN/$b" ] || die "missing $CONTAINERD_BIN/$b: apt-get install containerd, or CONTAINERD=source hack/build-node-tools.sh"
 done
 ctrd_major=$("$CONTAINERD_BIN/containerd" --version | sed -n 's/.* v\{0,1\}\([0-9]*\)\.[0-9]*\.[0-9].*/\1/p')
 for c in runc umoci unshare nsenter bc /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap; do

@@ -33,7 +33,7 @@ cd "$REPO_ROOT" # the operator's commands name deploy/ files relative to the che
 : "${OUT:=$REPO_ROOT/_output/realnode}"
 : "${RATE:=20}" "${CONNS:=4}" "${BACKEND:=nft}"
 case "$BACKEND" in nft | legacy) ;; *) die "BACKEND must be nft or legacy" ;; esac
-[ "$NODES" -ge 2 ] || die "swap.sh needs a cluster of 2 nodes (NODES=2 KPROXY=0 hack/cluster-up.sh)"
+grep -qx -- "$(ns_node 2)" "$STATE_DIR/netns" || die "swap.sh needs a cluster of 2 nodes (NODES=2 KPROXY=0 hack/cluster-up.sh)"
 for b in kubectl kubeadm; do
   [ -x "$NODE_BIN/$b" ] || die "missing $NODE_BIN/$b: run hack/build-node-tools.sh"
 done
@@ -58,7 +58,7 @@ kube_proxy_pods() { # the DaemonSet's pods: NODE IMAGE READY, one line each
   k -n kube-system get pods -l k8s-app=kube-proxy \
     -o jsonpath='{range .items[*]}{.spec.nodeName} {.spec.containers[0].image} {.status.containerStatuses[0].ready}{"\n"}{end}'
 }
-# rules NETNS NAME: the node's nat and filter rules in both backends, counters dropped and
+# rules NETNS NAME: the node's rules (every table) in both backends, counters dropped and
 # lines sorted (upstream orders KUBE-SERVICES by map iteration), into OUT/rules-NAME.txt.
 rules() {
   { nsx "$1" iptables-legacy-save; nsx "$1" iptables-nft-save; } 2> /dev/null |
@@ -72,18 +72,29 @@ same_rules() {
 }
 # Piped greps read their whole input (no -q): under pipefail a writer cut short by an early
 # exit of grep -q fails the pipeline even though grep matched.
+# settled NETNS [EPOCH]: the proxy there (kube-proxy or kproxy: the same metrics, on
+# kubeadm's 127.0.0.1:10249) has synced since EPOCH and has no change pending, so the rules
+# in the kernel are its whole view. Its informers may still lag, so callers first check that
+# it serves what they expect.
+settled() {
+  nsx "$1" curl -fsS http://127.0.0.1:10249/metrics | awk -v since="${2:-0}" '
+    /^kubeproxy_sync_proxy_rules_last_timestamp_seconds/ { if ($2 > last) last = $2 }
+    /^kubeproxy_sync_proxy_rules_(endpoint|service)_changes_pending/ { pending += $2 }
+    END { exit !(last > since && pending == 0) }'
+}
 has_kube_chains() { # NETNS: whether either backend has a KUBE- chain in nat
   { nsx "$1" iptables-legacy-save -t nat; nsx "$1" iptables-nft-save -t nat; } 2> /dev/null | grep '^:KUBE-' > /dev/null
 }
 
 # --- 1. nodes and images -------------------------------------------------------------------
 k delete node "$n2" > /dev/null
-"$REPO_ROOT/hack/realnode/workloads-up.sh"
 extra_images=$("$REPO_ROOT/hack/realnode/images.sh")
 has_kube_chains "$(ns_node 1)" && die "node-1 has KUBE- chains before any proxy ran"
 t=$(now)
 NODE_IPTABLES=$BACKEND EXTRA_IMAGES=$extra_images "$REPO_ROOT/hack/realnode/node-up.sh" 1
 note "node-1: real kubelet Ready in $(secs "$t" "$(now)") s"
+# Only now: node-lifecycle would taint node-1 while it was cluster-up's node without heartbeats.
+"$REPO_ROOT/hack/realnode/workloads-up.sh"
 
 # --- 2. kubeadm's kube-proxy ---------------------------------------------------------------
 kube_version=$("$NODE_BIN/kubeadm" version -o short)
@@ -180,6 +191,8 @@ cluster_ip=$(k get service kpx-echo -o jsonpath='{.spec.clusterIP}')
 serves() { nsx "$1" "$E2E_BIN/kpx-echo" -client "$2" -proto "${3:-tcp}" -count 3 -timeout 1s; } # NETNS ADDR [PROTO]
 wait_for 60 cluster-ip serves "$(ns_node 1)" "$cluster_ip:80" || die "$cluster_ip:80 not served from node-1"
 wait_for 60 node-port serves "$ext_ns" "$(node_ip 1):30080" || die "node-1's node port not served"
+udp_ip=$(k get service kpx-udp -o jsonpath='{.spec.clusterIP}')
+wait_for 60 udp-service serves "$(ns_node 1)" "$udp_ip:53" udp || die "$udp_ip:53 not served from node-1"
 soak_pids=()
 soak() { # NAME NETNS ADDR
   # ip netns exec execs kpx-echo in place: $! is the soak itself, which SIGTERM stops.
@@ -191,8 +204,12 @@ soak cluster-ip "$(ns_node 1)" "$cluster_ip:80"
 soak node-port "$ext_ns" "$(node_ip 1):30080"
 note "traffic: to $cluster_ip:80 from node-1 and to $(node_ip 1):30080 from the external client, each $RATE new connections/s and $CONNS long-lived connections"
 sleep 5
+for pid in "${soak_pids[@]}"; do
+  kill -0 "$pid" 2> /dev/null || die "the traffic stopped early: $(cat "$OUT"/soak-*.log "$OUT"/soak-*.json)"
+done
 
 # --- 4. the swap ---------------------------------------------------------------------------
+wait_for 30 kube-proxy-settled settled "$(ns_node 1)" || die "kube-proxy on node-1 has changes pending"
 rules "$(ns_node 1)" node-1-kube-proxy
 t=$(now)
 op -n kube-system patch daemonset kube-proxy --patch-file deploy/replace-kube-proxy/daemonset-patch.yaml
@@ -208,8 +225,6 @@ same_rules node-1-kube-proxy node-1-kproxy
 # conntrack entry. Once the pod it reached is deleted, kproxy must delete that entry (NET_ADMIN
 # is all it has); otherwise the entry keeps sending the requests to the gone pod until it
 # times out, and none would be answered again within the check.
-udp_ip=$(k get service kpx-udp -o jsonpath='{.spec.clusterIP}')
-wait_for 60 udp-service serves "$(ns_node 1)" "$udp_ip:53" udp || die "$udp_ip:53 not served from node-1"
 ip netns exec "$(ns_node 1)" "$E2E_BIN/kpx-echo" -client "$udp_ip:53" -proto udp -reuse -every 250ms -count 80 -timeout 500ms \
   > "$OUT/conntrack-udp.txt" 2>&1 &
 udp_pid=$!
@@ -220,7 +235,7 @@ gone=$(first_answer)
 t=$(now)
 k delete pod "$gone" --wait=false >&2
 wait "$udp_pid" || true
-after=$(awk -v p="$gone" 'found {print} $1 == p {found = 1}' "$OUT/conntrack-udp.txt" | grep -v "^$gone ")
+after=$(awk -v p="$gone" 'found {print} $1 == p {found = 1}' "$OUT/conntrack-udp.txt" | grep -v "^$gone " || true)
 others=$(grep -cv '^error' <<< "$after" || true)
 lost=$(grep -c '^error' <<< "$after" || true)
 [ "$(tail -5 "$OUT/conntrack-udp.txt" | grep -c "^error\|^$gone ")" = 0 ] ||
@@ -251,7 +266,7 @@ for node in "$n1" "$n2"; do
 done
 
 # --- 6. the rollback -----------------------------------------------------------------------
-t=$(now)
+t=$(now) t_rollback=$(date +%s)
 op -n kube-system rollout undo daemonset/kube-proxy
 op -n kube-system rollout status daemonset/kube-proxy --timeout=300s
 note "rollback to kube-proxy: rollout complete in $(secs "$t" "$(now)") s: $(kube_proxy_pods | tr '\n' ' ')"
@@ -259,7 +274,8 @@ note "rollback to kube-proxy: rollout complete in $(secs "$t" "$(now)") s: $(kub
   die "not both nodes run a ready kube-proxy after the rollback"
 op -n kube-system get pods -l k8s-app=kube-proxy -o wide
 wait_for 60 node-2-cluster-ip serves "$(ns_node 2)" "$cluster_ip:80" || die "$cluster_ip:80 not served from node-2 after the rollback"
-sleep 2
+wait_for 60 kube-proxy-synced settled "$(ns_node 2)" "$t_rollback" ||
+  die "kube-proxy on node-2 has not synced since the rollback"
 rules "$(ns_node 2)" node-2-kube-proxy
 same_rules node-2-kproxy node-2-kube-proxy
 sleep 3
@@ -267,8 +283,13 @@ sleep 3
 # --- 7. the other way in: kube-proxy removed, deploy/ installed ------------------------------
 # What docs/migration.md says for a separate kproxy DaemonSet: remove kube-proxy's first. The
 # ConfigMap's kubeconfig.conf gets the control plane's endpoint, as an operator sets it.
+for node in "$n1" "$n2"; do
+  cat "$STATE_DIR/realnode-$node"/log/pods/kube-system_kube-proxy-*/kube-proxy/*.log > "$OUT/kube-proxy-$node.log" 2> /dev/null || true
+done
 t=$(now)
-op -n kube-system delete daemonset kube-proxy
+# Foreground: kubectl returns once the pods are gone, so that no kube-proxy still holds the
+# health and metrics ports when kproxy starts.
+op -n kube-system delete daemonset kube-proxy --cascade=foreground
 echo "\$ kubectl kustomize deploy/ | sed 's#CONTROL-PLANE-ENDPOINT:6443#$CP_IP:$APISERVER_PORT#' | kubectl apply -f -" | tee -a "$transcript" >&2
 k kustomize deploy/ | sed "s#CONTROL-PLANE-ENDPOINT:6443#$CP_IP:$APISERVER_PORT#" | k apply -f - 2>&1 | tee -a "$transcript" >&2
 op -n kube-system rollout status daemonset/kproxy --timeout=300s

@@ -134,7 +134,8 @@ func TestReplaceKubeProxyPatch(t *testing.T) {
 }
 
 // checkLeastPrivilege checks the split of kproxy's DaemonSets: the long-running container
-// (the first) is unprivileged with exactly NET_ADMIN and NET_RAW, and one privileged init
+// (the first) is unprivileged with exactly NET_ADMIN and NET_RAW (every other capability
+// dropped, the runtime's defaults too), and one privileged init
 // container runs its image with invocation plus --init-only (invocation: command then
 // args), with mounts as the long-running container's (mounts) has them.
 func checkLeastPrivilege(t *testing.T, pod v1.PodSpec, invocation []string, mounts []v1.VolumeMount) {
@@ -142,8 +143,9 @@ func checkLeastPrivilege(t *testing.T, pod v1.PodSpec, invocation []string, moun
 	c := pod.Containers[0]
 	sc := c.SecurityContext
 	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil ||
-		!reflect.DeepEqual(sc.Capabilities.Add, []v1.Capability{"NET_ADMIN", "NET_RAW"}) {
-		t.Errorf("main container's security context %+v, want unprivileged with NET_ADMIN and NET_RAW", sc)
+		!reflect.DeepEqual(sc.Capabilities.Add, []v1.Capability{"NET_ADMIN", "NET_RAW"}) ||
+		!reflect.DeepEqual(sc.Capabilities.Drop, []v1.Capability{"ALL"}) {
+		t.Errorf("main container's security context %+v, want unprivileged with only NET_ADMIN and NET_RAW", sc)
 	}
 	if len(pod.InitContainers) != 1 {
 		t.Fatalf("%d init containers, want 1", len(pod.InitContainers))

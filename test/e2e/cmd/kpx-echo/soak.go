@@ -31,14 +31,17 @@ type soakResult struct {
 	Conns          int            `json:"conns"`
 	Pings          int            `json:"pings"`
 	BrokenConns    int            `json:"brokenConns"` // long-lived connections that failed a ping
-	Resets         int            `json:"resets"`      // failures that were a TCP reset (ECONNRESET, EPIPE)
+	Resets         int            `json:"resets"`      // failures that were a TCP reset (ECONNRESET, EPIPE, ECONNREFUSED)
 	Answered       map[string]int `json:"answered"`    // requests answered, by pod
 	Errors         []string       `json:"errors,omitempty"`
 	Seconds        float64        `json:"seconds"`
 }
 
-// maxErrors bounds the error samples kept in a result.
-const maxErrors = 20
+// maxErrors bounds the error samples kept in a result; maxRate the requests per second.
+const (
+	maxErrors = 20
+	maxRate   = 1000
+)
 
 type soakTally struct {
 	mu sync.Mutex
@@ -48,7 +51,7 @@ type soakTally struct {
 func (t *soakTally) fail(what string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) {
 		t.r.Resets++
 	}
 	if len(t.r.Errors) < maxErrors {
@@ -136,8 +139,8 @@ loop:
 // runSoak runs a soak until SIGTERM or SIGINT (ctx) and prints its result as JSON; the exit
 // code is 1 if any request or ping failed.
 func runSoak(ctx context.Context, opts soakOptions) int {
-	if opts.rate < 1 || opts.conns < 0 || opts.interval <= 0 {
-		fmt.Fprintln(os.Stderr, "kpx-echo: -soak needs -rate >= 1, -conns >= 0 and -interval > 0")
+	if opts.rate < 1 || opts.rate > maxRate || opts.conns < 0 || opts.interval <= 0 {
+		fmt.Fprintf(os.Stderr, "kpx-echo: -soak needs -rate in [1, %d], -conns >= 0 and -interval > 0\n", maxRate)
 		return 2
 	}
 	res, err := soak(ctx, opts)
