@@ -76,4 +76,23 @@ picks legacy "legacy rules, no hint"
 # Nothing anywhere (a node before kubelet's first start): nft, as Debian's default.
 reset
 picks nft "no hint, no rules"
+# Every other architecture in the index: its binaries run (under qemu-user, when binfmt_misc
+# has it; iptables-nft needs netfilter netlink, which qemu-user does not emulate, and
+# conntrack crashes under qemu-user 7.2).
+for other in $(skopeo inspect --raw "oci:$oci:$version" | jq -r '.manifests[].platform.architecture'); do
+  [ "$other" = "$arch" ] && continue
+  qemu=$(case $other in arm64) echo aarch64 ;; *) echo "$other" ;; esac)
+  if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ]; then
+    echo "image-test: $version-$other not run: no qemu-$qemu in binfmt_misc (apt-get install qemu-user-static binfmt-support)" >&2
+    continue
+  fi
+  umoci unpack --image "$oci:$version-$other" "$work/$other" > /dev/null
+  got=$(chroot "$work/$other/rootfs" /usr/local/bin/kube-proxy --version)
+  case "$got" in *"$version"*) ;; *) fail "$other: kube-proxy --version says '$got', want $version" ;; esac
+  for cmd in "iptables-legacy --version" "ip6tables-legacy --version" "modprobe --version"; do
+    # shellcheck disable=SC2086 # each is a command and its arguments
+    chroot "$work/$other/rootfs" $cmd > /dev/null 2>&1 || fail "$other: $cmd fails in the image"
+  done
+  echo "image-test: $version-$other runs under qemu-$qemu (kube-proxy -> kproxy, iptables-legacy, kmod)"
+done
 echo "image-test: ok ($version-$arch: kube-proxy -> kproxy, both backends, kmod, conntrack, iptables follows the node's backend)"
