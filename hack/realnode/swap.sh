@@ -82,6 +82,18 @@ settled() {
     /^kubeproxy_sync_proxy_rules_(endpoint|service)_changes_pending/ { pending += $2 }
     END { exit !(last > since && pending == 0) }'
 }
+# keep_proxy_logs NAME CONTAINER...: the kube-proxy DaemonSet pods' logs of those containers,
+# per node, into OUT/NAME-NODE.log, read from the nodes' pod log files before a rollout
+# deletes them (kubectl logs would need kubelet client certificates this cluster has no CA
+# for).
+keep_proxy_logs() {
+  local name=$1 node c files; shift
+  for node in "$n1" "$n2"; do
+    files=()
+    for c in "$@"; do files+=("$STATE_DIR/realnode-$node"/log/pods/kube-system_kube-proxy-*/"$c"/*.log); done
+    cat "${files[@]}" > "$OUT/$name-$node.log" 2> /dev/null || true
+  done
+}
 has_kube_chains() { # NETNS: whether either backend has a KUBE- chain in nat
   { nsx "$1" iptables-legacy-save -t nat; nsx "$1" iptables-nft-save -t nat; } 2> /dev/null | grep '^:KUBE-' > /dev/null
 }
@@ -126,26 +138,36 @@ wait_for 30 kube-proxy-rules in_backend "$(ns_node 1)" ||
 note "kubeadm's kube-proxy ($kube_version) running and healthy on node-1 in $(secs "$t" "$(now)") s, rules in iptables-$BACKEND: $(kube_proxy_pods | tr '\n' ' ')"
 
 # --- 3. the service and its traffic --------------------------------------------------------
-k apply -f - >&2 << 'YAML'
+# echo_deployment NAME REPLICAS READY_PORT: a Deployment of kpx-echo pods, ready once they
+# accept TCP on READY_PORT.
+echo_deployment() {
+  cat << YAML
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: kpx-echo, namespace: default}
+metadata: {name: $1, namespace: default}
 spec:
-  replicas: 3
-  selector: {matchLabels: {app: kpx-echo}}
+  replicas: $2
+  selector: {matchLabels: {app: $1}}
   template:
-    metadata: {labels: {app: kpx-echo}}
+    metadata: {labels: {app: $1}}
     spec:
       containers:
       - name: echo
         image: kpx.test/kpx-echo:e2e
-        args: [-name, $(POD_NAME)]
+        args: [-name, \$(POD_NAME)]
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
         readinessProbe:
-          tcpSocket: {port: 8080}
+          tcpSocket: {port: $3}
           periodSeconds: 1
+YAML
+}
+# kpx-udp serves the conntrack check alone: deleting one of its pods must not touch the
+# traffic to kpx-echo.
+{
+  echo_deployment kpx-echo 3 8080
+  cat << 'YAML'
 ---
 apiVersion: v1
 kind: Service
@@ -156,26 +178,9 @@ spec:
   ports:
   - {name: echo, port: 80, targetPort: 8080, nodePort: 30080}
 ---
-# For the conntrack check alone: deleting one of its pods must not touch the traffic above.
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: kpx-udp, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: kpx-udp}}
-  template:
-    metadata: {labels: {app: kpx-udp}}
-    spec:
-      containers:
-      - name: echo
-        image: kpx.test/kpx-echo:e2e
-        args: [-name, $(POD_NAME)]
-        env:
-        - name: POD_NAME
-          valueFrom: {fieldRef: {fieldPath: metadata.name}}
-        readinessProbe:
-          tcpSocket: {port: 5353}
-          periodSeconds: 1
+YAML
+  echo_deployment kpx-udp 2 5353
+  cat << 'YAML'
 ---
 apiVersion: v1
 kind: Service
@@ -185,6 +190,7 @@ spec:
   ports:
   - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
 YAML
+} | k apply -f - >&2
 k rollout status deployment/kpx-echo --timeout=180s >&2
 k rollout status deployment/kpx-udp --timeout=180s >&2
 cluster_ip=$(k get service kpx-echo -o jsonpath='{.spec.clusterIP}')
@@ -257,13 +263,8 @@ note "node-2 joined with no rules: kubelet Ready in $(secs "$t" "$t_ready") s, k
 op -n kube-system get pods -l k8s-app=kube-proxy -o wide
 rules "$(ns_node 2)" node-2-kproxy
 
-# kproxy's own account of the takeover, before the rollback deletes its pods: read from the
-# nodes' pod log files (kubectl logs would need kubelet client certificates this cluster has
-# no CA for).
-for node in "$n1" "$n2"; do
-  cat "$STATE_DIR/realnode-$node"/log/pods/kube-system_kube-proxy-*/kube-proxy-init/*.log \
-    "$STATE_DIR/realnode-$node"/log/pods/kube-system_kube-proxy-*/kube-proxy/*.log > "$OUT/kproxy-$node.log" 2> /dev/null || true
-done
+# kproxy's own account of the takeover, before the rollback deletes its pods.
+keep_proxy_logs kproxy kube-proxy-init kube-proxy
 
 # --- 6. the rollback -----------------------------------------------------------------------
 t=$(now) t_rollback=$(date +%s)
@@ -283,9 +284,7 @@ sleep 3
 # --- 7. the other way in: kube-proxy removed, deploy/ installed ------------------------------
 # What docs/migration.md says for a separate kproxy DaemonSet: remove kube-proxy's first. The
 # ConfigMap's kubeconfig.conf gets the control plane's endpoint, as an operator sets it.
-for node in "$n1" "$n2"; do
-  cat "$STATE_DIR/realnode-$node"/log/pods/kube-system_kube-proxy-*/kube-proxy/*.log > "$OUT/kube-proxy-$node.log" 2> /dev/null || true
-done
+keep_proxy_logs kube-proxy kube-proxy
 t=$(now)
 # Foreground: kubectl returns once the pods are gone, so that no kube-proxy still holds the
 # health and metrics ports when kproxy starts.
