@@ -31,9 +31,10 @@ func (p *Proxier) restore(ctx context.Context, rs *rules.Ruleset, full bool) err
 	if len(rs.Batches) == 0 {
 		return nil
 	}
-	payload := rs.Payload()
-	logger.V(9).Info("Restoring", "batches", len(rs.Batches), "payload", string(payload))
-	err := p.cfg.IPTables.Restore(ctx, payload)
+	if logger.V(9).Enabled() {
+		logger.V(9).Info("Restoring", "batches", len(rs.Batches), "payload", string(rs.Payload()))
+	}
+	err := p.cfg.IPTables.Restore(ctx, rs.Pieces()...)
 	if err == nil {
 		return nil
 	}
@@ -44,7 +45,7 @@ func (p *Proxier) restore(ctx context.Context, rs *rules.Ruleset, full bool) err
 	var perr *iptables.ParseError
 	if errors.As(err, &perr) {
 		logger.Error(err, "iptables-restore failed; batches before the failing one are applied, each service whole", "line", perr.Line,
-			"context", iptables.LinesAround(payload, perr.Line, 3))
+			"context", iptables.LinesAround(rs.Payload(), perr.Line, 3))
 	} else {
 		logger.Error(err, "iptables-restore failed", "batches", len(rs.Batches))
 	}

@@ -117,7 +117,7 @@ func TestFullSyncInsertsMissingJumps(t *testing.T) {
 					}
 					// Applied batch by batch: each commit must stand on its own.
 					for i, batch := range rs.Batches {
-						if err := tables.Apply(batch); err != nil {
+						if err := tables.Apply(batch.Bytes()); err != nil {
 							t.Fatalf("batch %d rejected: %v\n%s", i, err, batch)
 						}
 					}
@@ -149,7 +149,7 @@ func TestFullSyncInsertsMissingJumps(t *testing.T) {
 					// writes: nothing was declared twice (which flushes).
 					plain := before.Clone()
 					for _, batch := range rules.Render(rules.Request{Snapshot: b.snap, Node: testNode}, opts).Batches {
-						if err := plain.Apply(batch); err != nil {
+						if err := plain.Apply(batch.Bytes()); err != nil {
 							t.Fatalf("render without jumps rejected: %v", err)
 						}
 					}
@@ -172,7 +172,7 @@ func TestFullSyncInsertsMissingJumps(t *testing.T) {
 					changed := map[types.NamespacedName]bool{{Namespace: "ns1", Name: "svc1"}: true}
 					partial := rules.Render(rules.Request{Snapshot: b.snap, Node: testNode, Previous: rs.State, Partial: true, Changed: changed, Jumps: rules.ReadJumps(nil)}, opts)
 					for _, batch := range partial.Batches {
-						for line := range strings.Lines(string(batch)) {
+						for line := range strings.Lines(string(batch.Bytes())) {
 							for _, chain := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
 								if strings.HasPrefix(line, "-I "+chain+" ") {
 									t.Errorf("a partial render inserts into %s: %s", chain, line)

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -49,6 +50,16 @@ func (l *lines) rule(chain string, args ...string) {
 type lineBuffer struct {
 	chains, rules   []byte
 	nChains, nRules int
+	// segments has one entry per declared chain, in declaration order. Writers append a
+	// chain's rules right after declaring it, all together, so the rules from one
+	// segment's start to the next one's are that chain's.
+	segments []chainSegment
+}
+
+// chainSegment locates a declared chain's rules in lineBuffer.rules.
+type chainSegment struct {
+	name       string
+	start, end int
 }
 
 // bufferMark is a position in a lineBuffer, to cut it into per-service pieces.
@@ -57,11 +68,31 @@ type bufferMark struct{ chains, rules, nChains, nRules int }
 func (b *lineBuffer) grow(bytes, chains int) {
 	b.rules = make([]byte, 0, bytes)
 	b.chains = make([]byte, 0, 40*chains)
+	b.segments = make([]chainSegment, 0, chains)
 }
 
 func (b *lineBuffer) chain(name string) {
 	b.chains = appendChain(b.chains, name)
 	b.nChains++
+	b.segments = append(b.segments, chainSegment{name: name, start: len(b.rules)})
+}
+
+// sortedSegments returns the chains declared from mark from to mark to, with their rules'
+// extents, sorted by name as libiptc keeps chains. iptables-legacy-restore builds the
+// table about 15% faster from chains declared in that order, their rules grouped by
+// chain in the same order, than from the service order they are rendered in (3.0 s
+// instead of 3.5 s for 10,000 services of 5 endpoints, median of 6; see
+// docs/performance.md).
+func (b *lineBuffer) sortedSegments(from, to bufferMark) []chainSegment {
+	segs := slices.Clone(b.segments[from.nChains:to.nChains])
+	for i := range segs {
+		segs[i].end = to.rules
+		if i+1 < len(segs) {
+			segs[i].end = segs[i+1].start
+		}
+	}
+	slices.SortFunc(segs, func(x, y chainSegment) int { return strings.Compare(x.name, y.name) })
+	return segs
 }
 
 func (b *lineBuffer) rule(chain string, args ...string) {

@@ -33,7 +33,7 @@ func (rp renderedPort) declaredChains() int { return rp.end.nChains - rp.start.n
 // batches returns the iptables-restore inputs and the number of nat rules they write.
 // A sync is one batch unless it would declare more than maxChains chains; then
 // splitBatches cuts it into steps that each leave every service port whole.
-func (p *planner) batches() ([][]byte, int) {
+func (p *planner) batches() ([]Batch, int) {
 	filter, natShared, written := p.sharedRules()
 	written += p.ownRules()
 	if p.fitsOneBatch() {
@@ -59,40 +59,48 @@ func (p *planner) fitsOneBatch() bool {
 // intermediate state is ever visible. Within the nat commit every chain is declared
 // before any rule refers to it, and the stale chains are flushed by their declaration
 // and deleted (-X) last, after the rules that jumped to them were rewritten or deleted.
-// It returns no input when there is nothing to write (an incremental sync without
-// changes).
-func (p *planner) singleBatch(filter, natShared []byte) [][]byte {
-	var b bytes.Buffer
-	b.Grow(len(filter) + len(natShared) + len(p.r.own.chains) + len(p.r.own.rules) + 64*len(p.stale) + 1024)
-	if len(filter) > 0 {
-		b.WriteString("*filter\n")
-		b.Write(filter)
-		b.WriteString("COMMIT\n")
-	}
+// The services' own chains go in name order, each with its rules, which
+// iptables-legacy-restore builds fastest (sortedSegments); their rules are pieces of
+// the render's buffer. It returns no input when there is nothing to write (an
+// incremental sync without changes).
+func (p *planner) singleBatch(filter, natShared []byte) []Batch {
 	natHead := p.natHead()
-	if len(natHead.chains)+len(natShared) > 0 || len(p.rendered) > 0 || len(p.stale) > 0 {
-		b.WriteString("*nat\n")
-		b.Write(natHead.chains)
-		for _, rp := range p.rendered {
-			b.Write(p.r.own.chains[rp.start.chains:rp.end.chains])
-		}
-		for _, c := range p.stale {
-			b.Write(appendChain(nil, c))
-		}
-		b.Write(natHead.rules)
-		b.Write(natShared)
-		for _, rp := range p.rendered {
-			b.Write(p.r.own.rules[rp.start.rules:rp.end.rules])
-		}
-		for _, c := range p.stale {
-			b.WriteString("-X " + c + "\n")
-		}
-		b.WriteString("COMMIT\n")
+	var head bytes.Buffer
+	if len(filter) > 0 {
+		head.WriteString("*filter\n")
+		head.Write(filter)
+		head.WriteString("COMMIT\n")
 	}
-	if b.Len() == 0 {
-		return nil
+	if len(natHead.chains)+len(natShared) == 0 && len(p.rendered) == 0 && len(p.stale) == 0 {
+		if head.Len() == 0 {
+			return nil
+		}
+		return []Batch{{head.Bytes()}}
 	}
-	return [][]byte{b.Bytes()}
+	var own []chainSegment
+	if len(p.rendered) > 0 {
+		own = p.r.own.sortedSegments(p.rendered[0].start, p.rendered[len(p.rendered)-1].end)
+	}
+	head.Grow(len("*nat\n") + len(natHead.chains) + len(natHead.rules) + 48*(len(own)+len(p.stale)))
+	head.WriteString("*nat\n")
+	head.Write(natHead.chains)
+	for _, s := range own {
+		head.Write(appendChain(head.AvailableBuffer(), s.name))
+	}
+	for _, c := range p.stale {
+		head.Write(appendChain(head.AvailableBuffer(), c))
+	}
+	head.Write(natHead.rules)
+	batch := make(Batch, 0, len(own)+3)
+	batch = append(batch, head.Bytes(), natShared)
+	for _, s := range own {
+		batch = append(batch, p.r.own.rules[s.start:s.end])
+	}
+	var end []byte
+	for _, c := range p.stale {
+		end = append(end, "-X "+c+"\n"...)
+	}
+	return []Batch{append(batch, append(end, "COMMIT\n"...))}
 }
 
 // splitBatches writes a sync too large for one batch in three steps, each a commit that
@@ -101,50 +109,41 @@ func (p *planner) singleBatch(filter, natShared []byte) [][]byte {
 // then switches the dispatch chains and the filter table over to the new chains
 // (switchBatch); the chains nothing jumps to any more are deleted last
 // (staleChainBatches).
-func (p *planner) splitBatches(filter, natShared []byte) [][]byte {
+func (p *planner) splitBatches(filter, natShared []byte) []Batch {
 	natHead := p.natHead()
 	out := p.ownChainBatches(natHead)
 	if sw := p.switchBatch(filter, natShared, natHead, len(out) > 0); len(sw) > 0 {
-		out = append(out, sw)
+		out = append(out, Batch{sw})
 	}
 	return append(out, p.staleChainBatches()...)
 }
 
 // ownChainBatches writes the rendered ports' own chains, one nat batch per group of
-// serviceGroups. The batches never declare KUBE-SERVICES or KUBE-NODEPORTS: declaring a
-// chain flushes it, which would take every service's dispatch away until switchBatch.
-// On a full sync the first batch also creates the other fixed chains (KUBE-POSTROUTING,
-// KUBE-MARK-MASQ) with their rules, because the own chains jump to KUBE-MARK-MASQ and a
-// node may have none yet; natHead's rules go only into those two chains.
-func (p *planner) ownChainBatches(natHead lineBuffer) [][]byte {
-	var out [][]byte
+// serviceGroups, the chains' rules as pieces of the render's buffer. The batches never
+// declare KUBE-SERVICES or KUBE-NODEPORTS: declaring a chain flushes it, which would
+// take every service's dispatch away until switchBatch. On a full sync the first batch
+// also creates the other fixed chains (KUBE-POSTROUTING, KUBE-MARK-MASQ) with their
+// rules, because the own chains jump to KUBE-MARK-MASQ and a node may have none yet;
+// natHead's rules go only into those two chains.
+func (p *planner) ownChainBatches(natHead lineBuffer) []Batch {
+	var out []Batch
 	for i, group := range p.serviceGroups() {
 		withFixedChains := i == 0 && !p.partial
-		// Sized up front: the batches of a large sync add up to the whole payload, and
-		// growing each by appends would allocate it about twice over.
-		size := len("*nat\n") + len(natHead.rules) + 64 + len("COMMIT\n")
-		for _, rp := range group {
-			size += rp.end.chains - rp.start.chains + rp.end.rules - rp.start.rules
-		}
-		b := make([]byte, 0, size)
-		b = append(b, "*nat\n"...)
-		if withFixedChains {
-			b = appendChain(appendChain(b, ChainPostrouting), ChainMarkMasq)
-		}
-		for _, rp := range group {
-			b = append(b, p.r.own.chains[rp.start.chains:rp.end.chains]...)
-		}
-		if withFixedChains {
-			b = append(b, natHead.rules...)
-		}
-		for _, rp := range group {
-			b = append(b, p.r.own.rules[rp.start.rules:rp.end.rules]...)
-		}
-		if len(b) == len("*nat\n") {
+		first, last := group[0].start, group[len(group)-1].end
+		if first.chains == last.chains && first.rules == last.rules && !withFixedChains {
 			// Only a last group of ports without own chains (no endpoints) gets here.
 			continue
 		}
-		out = append(out, append(b, "COMMIT\n"...))
+		head := make([]byte, 0, len("*nat\n")+64+last.chains-first.chains+len(natHead.rules))
+		head = append(head, "*nat\n"...)
+		if withFixedChains {
+			head = appendChain(appendChain(head, ChainPostrouting), ChainMarkMasq)
+		}
+		head = append(head, p.r.own.chains[first.chains:last.chains]...)
+		if withFixedChains {
+			head = append(head, natHead.rules...)
+		}
+		out = append(out, Batch{head, p.r.own.rules[first.rules:last.rules], []byte("COMMIT\n")})
 	}
 	return out
 }
@@ -205,8 +204,8 @@ func (p *planner) switchBatch(filter, natShared []byte, natHead lineBuffer, ownB
 // them, before deleting them. p.stale lists referrers before the chains they jump to
 // (staleChains), so a chain is deleted only once every stale chain that could jump to it
 // is gone; the switch batch already removed the dispatch rules that jumped to them.
-func (p *planner) staleChainBatches() [][]byte {
-	var out [][]byte
+func (p *planner) staleChainBatches() []Batch {
+	var out []Batch
 	for chunk := range slices.Chunk(p.stale, p.maxChains) {
 		b := []byte("*nat\n")
 		for _, c := range chunk {
@@ -215,7 +214,7 @@ func (p *planner) staleChainBatches() [][]byte {
 		for _, c := range chunk {
 			b = append(b, "-X "+c+"\n"...)
 		}
-		out = append(out, append(b, "COMMIT\n"...))
+		out = append(out, Batch{append(b, "COMMIT\n"...)})
 	}
 	return out
 }
@@ -238,6 +237,14 @@ func (p *planner) ownRules() int {
 	return n
 }
 
+// sharedTable is 0 for a shared chain of the filter table and 1 for one of nat.
+func sharedTable(k sharedChain) int {
+	if sharedChains[k].table == "filter" {
+		return 0
+	}
+	return 1
+}
+
 // sharedRules renders the filter table's content (without COMMIT) and the nat shared
 // chains' rules: in full for a full sync, as targeted deletes and inserts against the
 // previous state for an incremental one. It also returns how many nat rules it writes.
@@ -246,18 +253,26 @@ func (p *planner) sharedRules() (filter, nat []byte, written int) {
 		var fb lineBuffer
 		p.r.writeFixedFilter(&fb)
 		filter = append(fb.chains, fb.rules...)
+		// Sized up front: at 10k services nat KUBE-SERVICES alone is megabytes, and
+		// growing it by appends would allocate it about twice over.
+		size := [2]int{len(filter) + 256*len(p.jumps.Missing), len(p.st.tail.text) + 256*len(p.jumps.Missing)}
+		for _, rec := range p.st.recs {
+			for k := range numShared {
+				size[sharedTable(k)] += len(rec.shared[k].text)
+			}
+		}
+		filter = slices.Grow(filter, size[0]-len(filter))
+		nat = make([]byte, 0, size[1])
 		for k := range numShared {
-			var text []byte
 			for _, rec := range p.st.recs {
-				text = append(text, rec.shared[k].text...)
+				if sharedTable(k) == 0 {
+					filter = append(filter, rec.shared[k].text...)
+				} else {
+					nat = append(nat, rec.shared[k].text...)
+				}
 			}
 			if k == natServices {
-				text = append(text, p.st.tail.text...)
-			}
-			if sharedChains[k].table == "filter" {
-				filter = append(filter, text...)
-			} else {
-				nat = append(nat, text...)
+				nat = append(nat, p.st.tail.text...)
 			}
 		}
 		written = bytes.Count(nat, []byte("\n"))

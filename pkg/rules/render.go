@@ -106,7 +106,7 @@ type Ruleset struct {
 	// Batches are the iptables-restore inputs, to apply in order. There is one unless
 	// Options.MaxChainsPerBatch split a large sync; every batch leaves each service either
 	// as it was or as it will be, never half-written.
-	Batches [][]byte
+	Batches []Batch
 	// Partial reports whether the batches are incremental (they assume the kernel holds
 	// Request.Previous).
 	Partial bool
@@ -127,19 +127,34 @@ type Ruleset struct {
 	State *State
 }
 
-// Payload is all batches as one iptables-restore input (one commit per batch).
-func (rs *Ruleset) Payload() []byte {
-	if len(rs.Batches) == 1 {
-		return rs.Batches[0]
+// Batch is one iptables-restore input, one commit per table it writes, in pieces to
+// write one after the other. Most of a large sync's pieces are slices of the render's
+// buffers: joining them would hold the whole payload twice at the sync's peak.
+type Batch [][]byte
+
+// Bytes returns the batch as one input.
+func (b Batch) Bytes() []byte { return bytes.Join(b, nil) }
+
+// Pieces returns the pieces of all batches, in order: together, one iptables-restore
+// input with one commit per batch.
+func (rs *Ruleset) Pieces() [][]byte {
+	var pieces [][]byte
+	for _, b := range rs.Batches {
+		pieces = append(pieces, b...)
 	}
-	return bytes.Join(rs.Batches, nil)
+	return pieces
 }
+
+// Payload is all batches as one iptables-restore input (one commit per batch), joined.
+func (rs *Ruleset) Payload() []byte { return bytes.Join(rs.Pieces(), nil) }
 
 // PayloadBytes is the size of all batches together.
 func (rs *Ruleset) PayloadBytes() int {
 	n := 0
 	for _, b := range rs.Batches {
-		n += len(b)
+		for _, piece := range b {
+			n += len(piece)
+		}
 	}
 	return n
 }
@@ -153,6 +168,18 @@ const (
 // LargeClusterEndpoints is the endpoint count above which the per-endpoint rule comments
 // are dropped; upstream uses the same threshold, so rule text stays identical.
 const LargeClusterEndpoints = 1000
+
+// ownRuleBytes and ownRuleBytesLarge are a little more than the mean size of a service's
+// own rule with per-endpoint comments and without them (large clusters): 126 and 85
+// bytes for the benchmark's services (hack/bench).
+const (
+	ownRuleBytes      = 150
+	ownRuleBytesLarge = 100
+)
+
+// scratchArgs is the capacity of the renderer's scratch arguments, more than any
+// per-endpoint rule has (20 with a comment, affinity and a local detector).
+const scratchArgs = 32
 
 // renderer carries one Render call's state.
 type renderer struct {
@@ -181,7 +208,8 @@ func Render(req Request, opts Options) *Ruleset {
 	for _, eps := range snap.Endpoints {
 		endpoints += len(eps)
 	}
-	r := &renderer{opts: opts, mark: opts.MasqueradeMark(), node: req.Node, largeCluster: endpoints > LargeClusterEndpoints}
+	r := &renderer{opts: opts, mark: opts.MasqueradeMark(), node: req.Node, largeCluster: endpoints > LargeClusterEndpoints,
+		args: make([]string, 0, scratchArgs)}
 	prev := req.Previous
 	partial := req.Partial && prev != nil
 	// Records of unchanged services are reused only if nothing that shapes every rule
@@ -196,7 +224,14 @@ func Render(req Request, opts Options) *Ruleset {
 	}
 	st := newState(opts, req.Node, r.largeCluster, order)
 	if !reuse {
-		r.own.grow(40*(2*len(snap.Services)+endpoints)+180*(3*endpoints+2*len(snap.Services)), 2*len(snap.Services)+endpoints)
+		// About 3 own rules per endpoint and 2 per service port; the batches hold
+		// slices of this buffer until the restore is done, so it is sized close to
+		// what it will hold.
+		perRule := ownRuleBytes
+		if r.largeCluster {
+			perRule = ownRuleBytesLarge
+		}
+		r.own.grow(perRule*(3*endpoints+2*len(snap.Services)), 2*len(snap.Services)+endpoints)
 	}
 	var rendered []renderedPort
 	var reusePrev *State

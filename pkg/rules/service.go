@@ -15,6 +15,8 @@ type portRules struct {
 	name  string // "ns/name:port"
 	proto string // "tcp", "udp", "sctp"
 	port  string
+	// clusterIP is the cluster IP as the rules write it.
+	clusterIP string
 	// Chains: cluster policy, local policy, external entry, load balancer firewall.
 	svcChain, svlChain, extChain, fwChain string
 
@@ -48,6 +50,7 @@ func newPortRules(svc *model.ServicePort, eps []model.Endpoint, node model.Node)
 		name:      svc.Name.String(),
 		proto:     strings.ToLower(string(svc.Name.Protocol)),
 		port:      strconv.Itoa(int(svc.Port)),
+		clusterIP: svc.ClusterIP.String(),
 		svcChain:  prefixService + hash,
 		svlChain:  prefixServiceLocal + hash,
 		extChain:  prefixExternal + hash,
@@ -112,9 +115,8 @@ func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint
 
 // writeClusterIPRules sends cluster IP traffic to internalChain (nat KUBE-SERVICES), or
 // rejects or drops it (filter KUBE-SERVICES) when the internal policy has no endpoint.
-// It also writes internalChain's first rule, the masquerade of off-pod-network traffic.
 func (r *renderer) writeClusterIPRules(p *portRules) {
-	clusterIP := p.svc.ClusterIP.String()
+	clusterIP := p.clusterIP
 	if !p.hasInternal {
 		r.rec.shared[filterServices].rule(ChainServices, "-m", "comment", "--comment", p.internalComment,
 			"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", p.internalTarget)
@@ -122,18 +124,25 @@ func (r *renderer) writeClusterIPRules(p *portRules) {
 	}
 	r.rec.shared[natServices].rule(ChainServices, "-m", "comment", "--comment", p.name+" cluster IP",
 		"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port, "-j", p.internalChain)
+}
 
-	// Cluster-IP traffic from outside the pod network (e.g. from the node itself) must
-	// be masqueraded for the reply to find its way back. Without a way to tell pod
-	// traffic apart, upstream writes no such rule unless everything is masqueraded.
-	args := []string{"-m", "comment", "--comment", p.name + " cluster IP",
-		"-m", p.proto, "-p", p.proto, "-d", clusterIP, "--dport", p.port}
+// writeClusterIPMasquerade writes the first rule of internalChain, right after
+// writeOwnChains declares it: cluster IP traffic from outside the pod network (e.g. from
+// the node itself) must be masqueraded for the reply to find its way back. Without a way
+// to tell pod traffic apart, upstream writes no such rule unless everything is
+// masqueraded.
+func (r *renderer) writeClusterIPMasquerade(p *portRules, chain string) {
+	if !p.hasInternal || chain != p.internalChain {
+		return
+	}
+	args := append(r.args[:0], "-m", "comment", "--comment", p.name+" cluster IP",
+		"-m", p.proto, "-p", p.proto, "-d", p.clusterIP, "--dport", p.port)
 	switch {
 	case r.opts.MasqueradeAll:
-		r.own.rule(p.internalChain, append(args, "-j", ChainMarkMasq)...)
+		r.own.rule(chain, append(args, "-j", ChainMarkMasq)...)
 	case r.opts.LocalDetector.Implemented():
 		args = append(args, r.opts.LocalDetector.IfNotLocal...)
-		r.own.rule(p.internalChain, append(args, "-j", ChainMarkMasq)...)
+		r.own.rule(chain, append(args, "-j", ChainMarkMasq)...)
 	}
 }
 
@@ -210,7 +219,8 @@ func (r *renderer) writeHealthCheckNodePortRule(p *portRules) {
 // writeOwnChains declares and fills the chains the port owns, in this order: KUBE-EXT-*,
 // KUBE-FW-*, KUBE-SVC-*, KUBE-SVL-*, then one KUBE-SEP-* per endpoint either policy may
 // pick. Each is declared only when a rule jumps to it (FuzzRender checks that no owned
-// chain is left unreferenced).
+// chain is left unreferenced), and each chain's rules directly follow its declaration:
+// the planner moves whole chains (chainSegment).
 func (r *renderer) writeOwnChains(p *portRules) {
 	if p.hasEndpoints && p.svc.ExternallyAccessible() {
 		r.writeExternalChain(p)
@@ -220,10 +230,12 @@ func (r *renderer) writeOwnChains(p *portRules) {
 	}
 	if len(p.endpoints.Cluster) > 0 && p.svc.UsesClusterEndpoints() {
 		r.declare(p.svcChain)
+		r.writeClusterIPMasquerade(p, p.svcChain)
 		r.writeDispatch(p, p.svcChain, p.endpoints.Cluster)
 	}
 	if len(p.endpoints.Local) > 0 && p.svc.UsesLocalEndpoints() {
 		r.declare(p.svlChain)
+		r.writeClusterIPMasquerade(p, p.svlChain)
 		r.writeDispatch(p, p.svlChain, p.endpoints.Local)
 	}
 	for _, ep := range p.endpoints.AllReachable {
@@ -315,14 +327,14 @@ func (r *renderer) writeDispatch(p *portRules, chain string, endpoints []model.E
 		seconds := strconv.Itoa(int(p.svc.StickyMaxAgeSeconds))
 		for _, ep := range endpoints {
 			n := r.namesOf(p, ep)
-			args := r.endpointComment(p.name + " -> " + n.addrPort)
+			args := r.endpointComment(p.name, n.addrPort)
 			r.own.rule(chain, append(args, "-m", "recent", "--name", n.chain, "--rcheck", "--seconds", seconds, "--reap", "-j", n.chain)...)
 		}
 	}
 	count := len(endpoints)
 	for i, ep := range endpoints {
 		n := r.namesOf(p, ep)
-		args := r.endpointComment(p.name + " -> " + n.addrPort)
+		args := r.endpointComment(p.name, n.addrPort)
 		if i < count-1 {
 			args = append(args, "-m", "statistic", "--mode", "random", "--probability", r.probability(count-i))
 		}
@@ -337,23 +349,30 @@ func (r *renderer) writeEndpointChain(p *portRules, ep model.Endpoint) {
 	r.declare(n.chain)
 	// Hairpin: a pod reaching itself through the service must be masqueraded, or it
 	// would answer its own packet directly and the client would drop the reply.
-	r.own.rule(n.chain, append(r.endpointComment(p.name), "-s", n.ip, "-j", ChainMarkMasq)...)
-	args := r.endpointComment(p.name)
+	r.own.rule(n.chain, append(r.endpointComment(p.name, ""), "-s", n.ip, "-j", ChainMarkMasq)...)
+	args := r.endpointComment(p.name, "")
 	if p.svc.StickyMaxAgeSeconds > 0 {
 		args = append(args, "-m", "recent", "--name", n.chain, "--set")
 	}
 	r.own.rule(n.chain, append(args, "-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", n.addrPort)...)
 }
 
-// endpointComment returns the comment match for per-endpoint rules, which large clusters
-// leave out: those comments can be most of a payload of a hundred thousand rules. The
-// slice is the renderer's scratch space, valid until the next call.
-func (r *renderer) endpointComment(comment string) []string {
+// endpointComment returns the comment match for per-endpoint rules, "name" or, with an
+// endpoint, "name -> endpoint"; large clusters leave it out: those comments can be most
+// of a payload of a hundred thousand rules. The slice is the renderer's scratch space
+// (scratchArgs), valid until the next call; appending a rule's other arguments to it
+// allocates nothing.
+func (r *renderer) endpointComment(name, endpoint string) []string {
 	r.args = r.args[:0]
 	if r.largeCluster {
 		return r.args
 	}
-	return append(r.args, "-m", "comment", "--comment", comment)
+	comment := name
+	if endpoint != "" {
+		comment = name + " -> " + endpoint
+	}
+	r.args = append(r.args, "-m", "comment", "--comment", comment)
+	return r.args
 }
 
 // probability returns Probability(n), formatted once per render for each n.

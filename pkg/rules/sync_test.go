@@ -22,8 +22,8 @@ func apply(t *testing.T, tables ruleset.Tables, req rules.Request, opts rules.Op
 	rs := rules.Render(req, opts)
 	next := tables.Clone()
 	for i, b := range rs.Batches {
-		if err := next.Apply(b); err != nil {
-			t.Fatalf("batch %d of %d rejected: %v\n%s", i+1, len(rs.Batches), err, b)
+		if err := next.Apply(b.Bytes()); err != nil {
+			t.Fatalf("batch %d of %d rejected: %v\n%s", i+1, len(rs.Batches), err, b.Bytes())
 		}
 		if onBatch != nil {
 			onBatch(next)

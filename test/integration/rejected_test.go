@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"testing"
@@ -17,8 +18,8 @@ type poisoning struct {
 	marker string
 }
 
-func (p poisoning) Restore(ctx context.Context, payload []byte) error {
-	lines := strings.SplitAfter(string(payload), "\n")
+func (p poisoning) Restore(ctx context.Context, pieces ...[]byte) error {
+	lines := strings.SplitAfter(string(bytes.Join(pieces, nil)), "\n")
 	for i, l := range lines {
 		if strings.Contains(l, p.marker) {
 			lines[i] = strings.Replace(l, "--dport 80 ", "--dport 99999 ", 1)

@@ -20,6 +20,7 @@
 package fake
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -142,11 +143,12 @@ func (f *Fake) LastPayload() []byte {
 // Restore implements iptables.Interface. A payload the tables reject fails
 // with a wrapped *iptables.ParseError naming the line; tables committed
 // before the failing block stay applied, as with the real binaries.
-func (f *Fake) Restore(ctx context.Context, payload []byte) error {
+func (f *Fake) Restore(ctx context.Context, pieces ...[]byte) error {
+	payload := bytes.Join(pieces, nil)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.restoreCalls++
-	f.lastPayload = append([]byte(nil), payload...)
+	f.lastPayload = payload
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", restoreCmd, err)
 	}
