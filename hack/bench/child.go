@@ -328,14 +328,16 @@ func measureRender(spec childSpec, res *childResult) (hash [sha256.Size]byte, er
 		runtime.GC()
 		runtime.ReadMemStats(&a)
 		start := time.Now()
-		// The payload is part of the work: a sync restores it whole.
-		payload := rules.Render(req, opts).Payload()
+		// The payload is part of the work, in the pieces a sync hands to the restore.
+		rendered := rules.Render(req, opts)
+		pieces := rendered.Pieces()
 		d := time.Since(start)
 		runtime.ReadMemStats(&b)
 		res.Renders = append(res.Renders, renderSample{
 			Seconds: d.Seconds(), Allocs: b.Mallocs - a.Mallocs, AllocBytes: b.TotalAlloc - a.TotalAlloc,
-			PayloadSize: len(payload),
+			PayloadSize: rendered.PayloadBytes(),
 		})
+		runtime.KeepAlive(pieces)
 	}
 	return hash, nil
 }

@@ -67,7 +67,7 @@ func (r *report) writeMarkdown(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "- payload: the full sync's iptables-restore input; on nft, split into batches (one commit per table each) that keep every service whole.")
-	fmt.Fprintln(w, "- render: one rules.Render of the whole snapshot, payload joined (median time; allocations and bytes allocated per render).")
+	fmt.Fprintln(w, "- render: one rules.Render of the whole snapshot, its payload in pieces as a sync restores it (median time; allocations and bytes allocated per render).")
 	fmt.Fprintln(w, "- kproxy full sync: the first Sync() of a proxier fed the whole cluster, in a fresh namespace: ensure the jumps, list the nat chains, render, iptables-restore. This is what an operator waits for.")
 	fmt.Fprintln(w, "- bare restore: `iptables-<backend>-restore -w 5 --noflush` of the same payload (same batches) into another fresh namespace (via `ip netns exec`): the physical limit of that restore. full / bare is the median of each run's ratio.")
 	fmt.Fprintln(w, "- partial syncs: one Sync() after one change, each on a different service; an added service has as many endpoints as the others.")

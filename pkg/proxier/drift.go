@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -42,12 +43,17 @@ func (p *Proxier) checkDrift(ctx context.Context) []string {
 	}
 	var drift []string
 	for _, table := range []string{"nat", "filter"} {
-		save, err := p.cfg.IPTables.Save(ctx, table)
+		// Parsed as iptables-save prints it: the table is never held whole.
+		save, printer := io.Pipe()
+		go func() { printer.CloseWithError(p.cfg.IPTables.SaveTo(ctx, table, printer)) }()
+		d, err := st.Drift(table, save)
+		// Stops the printer if the parse ended early.
+		save.Close()
 		if err != nil {
 			klog.FromContext(ctx).V(2).Info("Drift check could not read the rules", "table", table, "err", err)
 			return nil
 		}
-		drift = append(drift, st.Drift(table, save)...)
+		drift = append(drift, d...)
 	}
 	if p.restores.Load() != restores {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -21,9 +22,13 @@ import (
 //     all (a deleted or flushed KUBE-SVC chain is never rewritten by a partial sync that
 //     does not change its service).
 //
-// It does not compare rule text: kernels print rules in their own canonical form.
-func (s *State) Drift(table string, save []byte) []string {
-	rulesIn, exists, builtin := parseSave(save)
+// It does not compare rule text: kernels print rules in their own canonical form. It
+// reads save as it comes, and fails only when save cannot be read.
+func (s *State) Drift(table string, save io.Reader) ([]string, error) {
+	rulesIn, exists, builtin, err := parseSave(save)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	// The jumps into our chains: a flush that races a full sync can leave one missing
 	// while the PREROUTING jump the flush monitor watches is back.
@@ -69,7 +74,7 @@ func (s *State) Drift(table string, save []byte) []string {
 		}
 	}
 	if table != "nat" {
-		return out
+		return out, nil
 	}
 	own := 0
 	for _, rec := range s.recs {
@@ -89,14 +94,14 @@ func (s *State) Drift(table string, save []byte) []string {
 	if got != own {
 		out = append(out, fmt.Sprintf("nat per-service chains: %d rules, want %d", got, own))
 	}
-	return out
+	return out, nil
 }
 
 // parseSave counts the rules of each chain in iptables-save output, lists the chains it
 // declares, and returns the rules of the built-in chains (the text after "-A CHAIN ").
-func parseSave(save []byte) (rulesIn map[string]int, exists map[string]bool, builtin map[string][]string) {
+func parseSave(save io.Reader) (rulesIn map[string]int, exists map[string]bool, builtin map[string][]string, err error) {
 	rulesIn, exists, builtin = map[string]int{}, map[string]bool{}, map[string][]string{}
-	sc := bufio.NewScanner(bytes.NewReader(save))
+	sc := bufio.NewScanner(save)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
 		line := sc.Bytes()
@@ -112,7 +117,10 @@ func parseSave(save []byte) (rulesIn map[string]int, exists map[string]bool, bui
 			}
 		}
 	}
-	return rulesIn, exists, builtin
+	if err := sc.Err(); err != nil {
+		return nil, nil, nil, fmt.Errorf("reading iptables-save output: %w", err)
+	}
+	return rulesIn, exists, builtin, nil
 }
 
 var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true}

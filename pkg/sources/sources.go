@@ -10,6 +10,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -112,6 +113,48 @@ func stripManagedFields(obj interface{}) (interface{}, error) {
 	return obj, nil
 }
 
+// slim drops from a listed or watched Service or EndpointSlice what kproxy never reads
+// and what can be most of its size: the server-side-apply bookkeeping and kubectl's copy
+// of the whole object in the last-applied annotation. A reflector holds every object of
+// the initial list at once (until the list ends, to tell which objects a relist no
+// longer has), so on a real cluster this is memory at start.
+func slim(obj runtime.Object) {
+	accessor, ok := obj.(metav1.ObjectMetaAccessor)
+	if !ok {
+		return
+	}
+	objMeta := accessor.GetObjectMeta()
+	objMeta.SetManagedFields(nil)
+	if annotations := objMeta.GetAnnotations(); annotations != nil {
+		delete(annotations, v1.LastAppliedConfigAnnotation)
+	}
+}
+
+// slimWatch slims the objects of w's events as they arrive. Bookmarks pass untouched:
+// the one that ends a streamed initial list says so in an annotation.
+func slimWatch(w watch.Interface, err error) (watch.Interface, error) {
+	if err != nil {
+		return nil, err
+	}
+	return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
+		if e.Type != watch.Bookmark && e.Type != watch.Error {
+			slim(e.Object)
+		}
+		return e, true
+	}), nil
+}
+
+// slimList slims the items of a list, for API servers that do not stream lists.
+func slimList(list runtime.Object, err error) (runtime.Object, error) {
+	if err != nil {
+		return nil, err
+	}
+	return list, meta.EachListItem(list, func(item runtime.Object) error {
+		slim(item)
+		return nil
+	})
+}
+
 // Run starts the watches and returns once they are running; handlers' Synced methods are
 // called as each watch completes its initial list. It stops when ctx is done.
 //
@@ -141,11 +184,11 @@ func Run(ctx context.Context, client kubernetes.Interface, nodeName string, resy
 	svcLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector, o.FieldSelector = svcOpts.LabelSelector, svcOpts.FieldSelector
-			return client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+			return slimList(client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o))
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector, o.FieldSelector = svcOpts.LabelSelector, svcOpts.FieldSelector
-			return client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+			return slimWatch(client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o))
 		},
 	}, client)
 
@@ -161,11 +204,11 @@ func Run(ctx context.Context, client kubernetes.Interface, nodeName string, resy
 	sliceLW := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = sliceOpts.LabelSelector
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+			return slimList(client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o))
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector = sliceOpts.LabelSelector
-			return client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
+			return slimWatch(client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o))
 		},
 	}, client)
 

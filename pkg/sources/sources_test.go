@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -127,5 +128,57 @@ func TestRunDeliversEventsAndSyncs(t *testing.T) {
 	}
 	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, deleted); err != nil {
 		t.Fatalf("delete not delivered: %+v", rec)
+	}
+}
+
+// fat is a Service as a real cluster may hold it: server-side-apply bookkeeping, kubectl's
+// copy of the whole object, and an annotation kproxy may read.
+func fat(name string) *v1.Service {
+	return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name,
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{}}`)}}},
+		Annotations: map[string]string{
+			v1.LastAppliedConfigAnnotation:        `{"apiVersion":"v1","kind":"Service"}`,
+			"service.kubernetes.io/topology-mode": "Auto",
+		}}}
+}
+
+func checkSlim(t *testing.T, what string, svc *v1.Service) {
+	t.Helper()
+	if svc.ManagedFields != nil {
+		t.Errorf("%s: managed fields kept", what)
+	}
+	if _, ok := svc.Annotations[v1.LastAppliedConfigAnnotation]; ok {
+		t.Errorf("%s: last-applied annotation kept", what)
+	}
+	if svc.Annotations["service.kubernetes.io/topology-mode"] != "Auto" {
+		t.Errorf("%s: other annotations lost: %v", what, svc.Annotations)
+	}
+}
+
+func TestListsAndWatchesAreSlimmed(t *testing.T) {
+	list, err := slimList(&v1.ServiceList{Items: []v1.Service{*fat("a"), *fat("b")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range list.(*v1.ServiceList).Items {
+		checkSlim(t, "listed", &list.(*v1.ServiceList).Items[i])
+	}
+
+	source := watch.NewFake()
+	w, err := slimWatch(source, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	bookmark := fat("")
+	bookmark.Annotations[metav1.InitialEventsAnnotationKey] = "true"
+	go func() {
+		source.Add(fat("c"))
+		source.Action(watch.Bookmark, bookmark)
+	}()
+	checkSlim(t, "watched", (<-w.ResultChan()).Object.(*v1.Service))
+	got := (<-w.ResultChan()).Object.(*v1.Service)
+	if got.Annotations[metav1.InitialEventsAnnotationKey] != "true" || got.ManagedFields == nil {
+		t.Errorf("bookmark changed: %+v", got.ObjectMeta)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -230,6 +231,16 @@ func (f *Fake) SaveChains(ctx context.Context, table string) ([]string, error) {
 		return chains[i] < chains[j]
 	})
 	return chains, nil
+}
+
+// SaveTo implements iptables.Interface: Save's output, written to w.
+func (f *Fake) SaveTo(ctx context.Context, table string, w io.Writer) error {
+	save, err := f.Save(ctx, table)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(save)
+	return err
 }
 
 // Save implements iptables.Interface: the table in iptables-save form, chains
