@@ -49,6 +49,9 @@ func TestWhenAServiceDoesNotAnswer(t *testing.T) {
 		svc := c.CreateService(t, s)
 		np := svc.Spec.Ports[0].NodePort
 		c.WaitForBackends(t, c.External.NetNS, "tcp", framework.HostPort(c.Node("node-2").IP, np), "n2-p1")
+		// node-1 is the node diagnosed: its cluster IP reaching the endpoint on node-2
+		// shows that its kproxy has the endpoint too (node-2's answering does not).
+		c.WaitForBackends(t, from, "tcp", framework.HostPort(svc.Spec.ClusterIP, 80), "n2-p1")
 		if r, err := framework.Request(ctx, c.External.NetNS, "tcp", framework.HostPort(n1.IP, np)); err == nil {
 			t.Fatalf("node-1's node port answered (%v); externalTrafficPolicy Local without a local endpoint must drop", r)
 		}
