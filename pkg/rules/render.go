@@ -177,8 +177,9 @@ const (
 	ownRuleBytesLarge = 100
 )
 
-// scratchArgs is the capacity of the renderer's scratch arguments, more than any
-// per-endpoint rule has (20 with a comment, affinity and a local detector).
+// scratchArgs is the capacity of the renderer's scratch arguments, more than any rule
+// built in them has (17 at most: a comment, affinity or a local detector, the protocol
+// and a target).
 const scratchArgs = 32
 
 // renderer carries one Render call's state.
