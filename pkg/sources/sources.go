@@ -119,14 +119,9 @@ func stripManagedFields(obj interface{}) (interface{}, error) {
 // the initial list at once (until the list ends, to tell which objects a relist no
 // longer has), so on a real cluster this is memory at start.
 func slim(obj runtime.Object) {
-	accessor, ok := obj.(metav1.ObjectMetaAccessor)
-	if !ok {
-		return
-	}
-	objMeta := accessor.GetObjectMeta()
-	objMeta.SetManagedFields(nil)
-	if annotations := objMeta.GetAnnotations(); annotations != nil {
-		delete(annotations, v1.LastAppliedConfigAnnotation)
+	_, _ = stripManagedFields(obj)
+	if accessor, ok := obj.(metav1.ObjectMetaAccessor); ok {
+		delete(accessor.GetObjectMeta().GetAnnotations(), v1.LastAppliedConfigAnnotation)
 	}
 }
 
