@@ -53,9 +53,13 @@ type Tracker struct {
 	serviceEvents    int
 	sliceEvents      int
 
-	// Applied state, owned by Checkpoint (which runs on the sync goroutine only).
+	// Applied state, owned by Checkpoint (which runs on the sync goroutine only). snap
+	// holds the same state by service port, as the render reads it; Checkpoint edits it
+	// for the changed services only: rebuilding it inserted every service port on every
+	// sync.
 	appliedServices map[types.NamespacedName][]*model.ServicePort
 	endpoints       map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint
+	snap            *model.Snapshot
 }
 
 // New returns an empty tracker for one family. Endpoints on nodeName are local. invalid is
@@ -75,6 +79,7 @@ func New(family v1.IPFamily, nodeName string, started time.Time, invalid Invalid
 		triggerTimes:     map[types.NamespacedName][]time.Time{},
 		appliedServices:  map[types.NamespacedName][]*model.ServicePort{},
 		endpoints:        map[types.NamespacedName]map[model.ServicePortName][]model.Endpoint{},
+		snap:             &model.Snapshot{Services: map[model.ServicePortName]*model.ServicePort{}, Endpoints: map[model.ServicePortName][]model.Endpoint{}},
 	}
 }
 
@@ -195,6 +200,14 @@ func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 			continue
 		}
 		ch.Services[nn] = true
+		// A service's ports are named after it (ServicePortName holds nn), so no other
+		// service's entries are touched.
+		for _, sp := range t.appliedServices[nn] {
+			delete(t.snap.Services, sp.Name)
+		}
+		for _, sp := range p {
+			t.snap.Services[sp.Name] = sp
+		}
 		if p == nil {
 			delete(t.appliedServices, nn)
 		} else {
@@ -211,6 +224,12 @@ func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 		}
 		ch.Services[nn] = true
 		ch.UDPEndpointsChanged = ch.UDPEndpointsChanged || hasUDP(t.endpoints[nn]) || hasUDP(merged)
+		// Endpoints of a port the Service does not (or no longer) declare are kept: the
+		// renderer only looks up ports that exist.
+		for spn := range t.endpoints[nn] {
+			delete(t.snap.Endpoints, spn)
+		}
+		maps.Copy(t.snap.Endpoints, merged)
 		if len(merged) == 0 {
 			delete(t.endpoints, nn)
 		} else {
@@ -222,29 +241,10 @@ func (t *Tracker) Checkpoint() (*model.Snapshot, Changes) {
 			ch.TriggerTimes = append(ch.TriggerTimes, times...)
 		}
 	}
-	return t.snapshot(), ch
-}
-
-// snapshot copies the applied state into fresh maps. Values are shared: ServicePorts and
-// endpoint slices are never modified after conversion.
-func (t *Tracker) snapshot() *model.Snapshot {
-	snap := &model.Snapshot{
-		Services:  make(map[model.ServicePortName]*model.ServicePort, len(t.appliedServices)),
-		Endpoints: map[model.ServicePortName][]model.Endpoint{},
-	}
-	for _, ports := range t.appliedServices {
-		for _, p := range ports {
-			snap.Services[p.Name] = p
-		}
-	}
-	for _, byPort := range t.endpoints {
-		for spn, eps := range byPort {
-			// Endpoints of a port the Service does not (or no longer) declare are kept:
-			// the renderer only looks up ports that exist.
-			snap.Endpoints[spn] = eps
-		}
-	}
-	return snap
+	// A copy: callers keep snapshots past the next Checkpoint (the debug endpoint reads
+	// the last applied one from another goroutine). Cloning a map copies its storage
+	// whole, far cheaper than inserting every service port again.
+	return &model.Snapshot{Services: maps.Clone(t.snap.Services), Endpoints: maps.Clone(t.snap.Endpoints)}, ch
 }
 
 func hasUDP(eps map[model.ServicePortName][]model.Endpoint) bool {

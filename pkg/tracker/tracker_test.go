@@ -2,6 +2,8 @@ package tracker
 
 import (
 	"fmt"
+	"math/rand"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -436,5 +438,99 @@ func TestResyncIsNoChange(t *testing.T) {
 	}
 	if _, ch := tr.Checkpoint(); names(ch) != "ns/web" {
 		t.Errorf("changed %q", names(ch))
+	}
+}
+
+// BenchmarkCheckpoint is one endpoint change and the Checkpoint that follows, with
+// 10,000 services of 5 endpoints tracked: what every partial sync pays before it renders.
+func BenchmarkCheckpoint(b *testing.B) {
+	tr := New(v1.IPv4Protocol, "node-1", time.Time{}, func(string, types.NamespacedName, string, string) {})
+	const services = 10000
+	sliceOf := func(i, gen int) *discovery.EndpointSlice {
+		var eps []ep
+		for e := range 5 {
+			eps = append(eps, ep{addr: fmt.Sprintf("10.%d.%d.%d", 1+i/250, i%250, 10*e+gen), ready: true})
+		}
+		return slice("ns", fmt.Sprintf("svc-%d-abcde", i), fmt.Sprintf("svc-%d", i), discovery.AddressTypeIPv4,
+			[]discovery.EndpointPort{slicePort("http", 8080)}, eps...)
+	}
+	for i := range services {
+		tr.ServiceChanged(service("ns", fmt.Sprintf("svc-%d", i), []string{fmt.Sprintf("172.30.%d.%d", i/250, i%250)}, port("http", v1.ProtocolTCP, 80)), false)
+		tr.EndpointSliceChanged(sliceOf(i, 0), false)
+	}
+	tr.Checkpoint()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		// Every service in turn moves to generation 1 or 2 of its endpoints, never back
+		// to the one it has.
+		tr.EndpointSliceChanged(sliceOf(i%services, 1+(i/services)%2), false)
+		if _, ch := tr.Checkpoint(); len(ch.Services) != 1 {
+			b.Fatalf("changed %q, want one service", names(ch))
+		}
+	}
+}
+
+// TestCheckpointMatchesAFreshTracker drives random changes through one tracker, and at
+// random points compares its snapshot with that of a new tracker given only the objects
+// as they now are: Checkpoint edits its state service by service, and must end where a
+// tracker that saw every object once starts.
+func TestCheckpointMatchesAFreshTracker(t *testing.T) {
+	for seed := range int64(50) {
+		rng := rand.New(rand.NewSource(seed))
+		tr := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+		services := map[string]*v1.Service{}
+		slices := map[string]*discovery.EndpointSlice{}
+		svcNames := []string{"a", "b", "c"}
+		for step := range 60 {
+			if rng.Intn(2) == 0 {
+				name := svcNames[rng.Intn(len(svcNames))]
+				if rng.Intn(4) == 0 {
+					if s, ok := services[name]; ok {
+						tr.ServiceChanged(s, true)
+						delete(services, name)
+					}
+					continue
+				}
+				var ports []v1.ServicePort
+				for _, p := range []string{"p", "q"}[:1+rng.Intn(2)] {
+					ports = append(ports, port(p, []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP}[rng.Intn(2)], int32(80+rng.Intn(3))))
+				}
+				s := service("ns", name, []string{fmt.Sprintf("172.30.0.%d", 1+rng.Intn(3))}, ports...)
+				services[name] = s
+				tr.ServiceChanged(s, false)
+			} else {
+				name := fmt.Sprintf("slice-%d", rng.Intn(4))
+				if rng.Intn(4) == 0 {
+					if s, ok := slices[name]; ok {
+						tr.EndpointSliceChanged(s, true)
+						delete(slices, name)
+					}
+					continue
+				}
+				var eps []ep
+				for range rng.Intn(3) {
+					eps = append(eps, ep{addr: fmt.Sprintf("10.0.0.%d", 1+rng.Intn(4)), ready: rng.Intn(3) > 0, term: rng.Intn(4) == 0})
+				}
+				ports := []discovery.EndpointPort{slicePort([]string{"p", "q"}[rng.Intn(2)], int32(8080+rng.Intn(2)))}
+				s := slice("ns", name, svcNames[rng.Intn(len(svcNames))], discovery.AddressTypeIPv4, ports, eps...)
+				slices[name] = s
+				tr.EndpointSliceChanged(s, false)
+			}
+			if rng.Intn(3) > 0 {
+				continue
+			}
+			got, _ := tr.Checkpoint()
+			fresh := New(v1.IPv4Protocol, "node-1", time.Time{}, (&recorder{}).invalid)
+			for _, s := range services {
+				fresh.ServiceChanged(s, false)
+			}
+			for _, s := range slices {
+				fresh.EndpointSliceChanged(s, false)
+			}
+			want, _ := fresh.Checkpoint()
+			if !reflect.DeepEqual(got.Services, want.Services) || !reflect.DeepEqual(got.Endpoints, want.Endpoints) {
+				t.Fatalf("seed %d, step %d:\n%s\n%v\nwant:\n%s\n%v", seed, step, describe(got), got.Endpoints, describe(want), want.Endpoints)
+			}
+		}
 	}
 }
