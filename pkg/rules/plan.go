@@ -15,8 +15,9 @@ type planner struct {
 	// r.own between the matching marks.
 	rendered []renderedPort
 	stale    []string
-	// maxChains limits the chains one batch declares (0: no limit, one batch).
-	maxChains int
+	// maxChains limits the chains one batch declares (0: no limit, one batch); with it,
+	// maxRules limits the rules the services' own chains write in one batch (0: none).
+	maxChains, maxRules int
 	// jumps are the built-in chains' jumps a full sync inserts.
 	jumps JumpState
 }
@@ -30,9 +31,16 @@ type renderedPort struct {
 // declaredChains is the number of own chains the port declares.
 func (rp renderedPort) declaredChains() int { return rp.end.nChains - rp.start.nChains }
 
+// writtenRules is the number of rules the port writes into its own chains.
+func (rp renderedPort) writtenRules() int { return rp.end.nRules - rp.start.nRules }
+
+// within reports whether n is within limit, 0 meaning no limit.
+func within(n, limit int) bool { return limit <= 0 || n <= limit }
+
 // batches returns the iptables-restore inputs and the number of nat rules they write.
-// A sync is one batch unless it would declare more than maxChains chains; then
-// splitBatches cuts it into steps that each leave every service port whole.
+// A sync is one batch unless it would declare more than maxChains chains or write more
+// than maxRules rules into the services' own chains; then splitBatches cuts it into
+// steps that each leave every service port whole.
 func (p *planner) batches() ([]Batch, int) {
 	filter, natShared, written := p.sharedRules()
 	written += p.ownRules()
@@ -43,16 +51,17 @@ func (p *planner) batches() ([]Batch, int) {
 }
 
 // fitsOneBatch reports whether the sync may be one batch: no limit is set, or the chains
-// it declares (own and stale) are within it.
+// it declares (own and stale) and the rules its own chains write are within the limits.
 func (p *planner) fitsOneBatch() bool {
 	if p.maxChains <= 0 {
 		return true
 	}
-	declared := len(p.stale)
+	declared, rules := len(p.stale), 0
 	for _, rp := range p.rendered {
 		declared += rp.declaredChains()
+		rules += rp.writtenRules()
 	}
-	return declared <= p.maxChains
+	return declared <= p.maxChains && within(rules, p.maxRules)
 }
 
 // singleBatch writes the whole sync as one input with one atomic commit per table, so no
@@ -149,18 +158,20 @@ func (p *planner) ownChainBatches(natHead lineBuffer) []Batch {
 }
 
 // serviceGroups cuts the rendered ports, in order, into groups that declare at most
-// maxChains chains each, never cutting through a port: a port that alone declares more
-// is a group of its own. Every group but the last declares at least one chain.
+// maxChains chains and write at most maxRules rules each, never cutting through a port:
+// a port that alone exceeds a limit is a group of its own. Every group but the last
+// declares at least one chain.
 func (p *planner) serviceGroups() [][]renderedPort {
 	var groups [][]renderedPort
-	start, declared := 0, 0
+	start, declared, rules := 0, 0, 0
 	for i, rp := range p.rendered {
-		n := rp.declaredChains()
-		if declared > 0 && declared+n > p.maxChains {
+		n, m := rp.declaredChains(), rp.writtenRules()
+		if declared > 0 && (declared+n > p.maxChains || !within(rules+m, p.maxRules)) {
 			groups = append(groups, p.rendered[start:i])
-			start, declared = i, 0
+			start, declared, rules = i, 0, 0
 		}
 		declared += n
+		rules += m
 	}
 	if start < len(p.rendered) {
 		groups = append(groups, p.rendered[start:])

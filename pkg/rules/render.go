@@ -65,9 +65,12 @@ type Options struct {
 	// every local address.
 	NodePortAddresses []netip.Prefix
 	// MaxChainsPerBatch splits large syncs into batches that each declare at most this
-	// many per-service chains (0: one batch). The nft backend needs it: there each rule a
-	// batch appends costs time in proportion to the chains the batch declares.
-	MaxChainsPerBatch int
+	// many per-service chains (0: one batch), and MaxRulesPerBatch, when set with it, into
+	// batches whose per-service chains get at most this many rules. The nft backend needs
+	// both: there each rule a batch appends costs time in proportion to the chains the
+	// batch declares, so a few services with a thousand endpoints each, changing
+	// together, are as costly as hundreds of small ones.
+	MaxChainsPerBatch, MaxRulesPerBatch int
 }
 
 // MasqueradeMark is the packet mark that asks KUBE-POSTROUTING to masquerade, written as
@@ -190,9 +193,13 @@ type renderer struct {
 	// largeCluster drops per-endpoint comments (see LargeClusterEndpoints).
 	largeCluster bool
 	// own receives the rendered services' own chains (declarations and rules); rec is
-	// the record of the service port being rendered.
-	own lineBuffer
-	rec *portRecord
+	// the record of the service port being rendered. kept are the KUBE-SEP chains of that
+	// port the kernel already holds as they would be written (keptEndpointChains), and
+	// keptRules the rules in those of them it uses again.
+	own       lineBuffer
+	rec       *portRecord
+	kept      map[string]bool
+	keptRules int
 	// Scratch space reused across service ports: rule arguments, the names of the
 	// current port's endpoints, and probability strings by endpoint count.
 	args    []string
@@ -250,10 +257,11 @@ func Render(req Request, opts Options) *Ruleset {
 		}
 		rec := &portRecord{}
 		r.rec = rec
+		r.kept, r.keptRules = keptEndpointChains(old, snap.Services[name]), 0
 		start := r.own.mark()
 		r.writeServicePort(snap.Services[name], snap.Endpoints[name])
 		end := r.own.mark()
-		rec.ownNATRules = end.nRules - start.nRules
+		rec.ownNATRules = end.nRules - start.nRules + r.keptRules
 		st.recs[j] = rec
 		rendered = append(rendered, renderedPort{rec: rec, start: start, end: end})
 	})
@@ -262,7 +270,7 @@ func Render(req Request, opts Options) *Ruleset {
 	stale := st.staleChains(prev, partial, req.ExistingNATChains)
 	rs := &Ruleset{Partial: partial, LargeCluster: r.largeCluster, State: st, DeletedNATChains: len(stale)}
 	rs.FilterRules, rs.NATRules, rs.NoLocalEndpoints = st.counts(r.fixedFilterRules(), fixedNATRules)
-	p := planner{r: r, st: st, prev: prev, partial: partial, rendered: rendered, stale: stale, maxChains: opts.MaxChainsPerBatch, jumps: req.Jumps}
+	p := planner{r: r, st: st, prev: prev, partial: partial, rendered: rendered, stale: stale, maxChains: opts.MaxChainsPerBatch, maxRules: opts.MaxRulesPerBatch, jumps: req.Jumps}
 	rs.Batches, rs.WrittenNATRules = p.batches()
 	return rs
 }

@@ -103,6 +103,7 @@ func newPortRules(svc *model.ServicePort, eps []model.Endpoint, node model.Node)
 func (r *renderer) writeServicePort(svc *model.ServicePort, eps []model.Endpoint) {
 	r.epKeys, r.epPorts, r.epNames = r.epKeys[:0], r.epPorts[:0], r.epNames[:0]
 	p := newPortRules(svc, eps, r.node)
+	r.rec.affinity = svc.StickyMaxAgeSeconds > 0
 	r.rec.noLocalInternal = p.hasEndpoints && !p.hasInternal
 	r.rec.noLocalExternal = p.hasEndpoints && !p.hasExternal
 
@@ -346,6 +347,13 @@ func (r *renderer) writeDispatch(p *portRules, chain string, endpoints []model.E
 // and the DNAT itself.
 func (r *renderer) writeEndpointChain(p *portRules, ep model.Endpoint) {
 	n := r.namesOf(p, ep)
+	if r.kept[n.chain] {
+		// Already in the kernel, rule for rule: keep it, unwritten. On the nft backend
+		// rewriting a thousand-endpoint service's unchanged chains cost most of a sync.
+		r.rec.active = append(r.rec.active, n.chain)
+		r.keptRules += endpointChainRules
+		return
+	}
 	r.declare(n.chain)
 	// Hairpin: a pod reaching itself through the service must be masqueraded, or it
 	// would answer its own packet directly and the client would drop the reply.
@@ -389,3 +397,27 @@ func (r *renderer) probability(n int) string {
 // Probability is the statistic-match probability string for picking one of n endpoints,
 // formatted as upstream formats it so rule text is identical.
 func Probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
+
+// endpointChainRules is the number of rules writeEndpointChain writes into a KUBE-SEP
+// chain.
+const endpointChainRules = 2
+
+// keptEndpointChains returns the KUBE-SEP chains of a changed service port that an
+// incremental render need not write again: those its previous record (old, nil for a
+// port new to this render or a render that reuses no record) already owned, while the
+// port records client affinity as it did then. A KUBE-SEP chain's name is hashed from the
+// port's name, protocol and endpoint, and its rules are made of those, the affinity
+// flag and the render-wide settings (comments in large clusters, the masquerade chain),
+// which a render that reuses records shares with the previous one.
+func keptEndpointChains(old *portRecord, svc *model.ServicePort) map[string]bool {
+	if old == nil || old.affinity != (svc.StickyMaxAgeSeconds > 0) {
+		return nil
+	}
+	kept := make(map[string]bool, len(old.active))
+	for _, c := range old.active {
+		if strings.HasPrefix(c, prefixServiceEndpoint) {
+			kept[c] = true
+		}
+	}
+	return kept
+}

@@ -2,7 +2,6 @@ package rules
 
 import (
 	"reflect"
-	"slices"
 	"sort"
 	"strings"
 
@@ -39,6 +38,9 @@ type portRecord struct {
 	shared      [numShared]lines
 	active      []string
 	ownNATRules int
+	// affinity: the port's KUBE-SEP chains record client affinity (--set); a KUBE-SEP
+	// chain's rules depend on nothing else the chain's name does not (keptEndpointChains).
+	affinity bool
 	// noLocalInternal/External: a Local policy without local endpoints (metric).
 	noLocalInternal, noLocalExternal bool
 }
@@ -173,8 +175,16 @@ func (s *State) staleChains(prev *State, partial bool, existing []string) []stri
 			if old == nil || cur == old {
 				return
 			}
+			var still map[string]bool
+			if cur != nil {
+				// A set: a port with a thousand endpoints has a thousand chains.
+				still = make(map[string]bool, len(cur.active))
+				for _, c := range cur.active {
+					still[c] = true
+				}
+			}
 			for _, c := range old.active {
-				if cur == nil || !slices.Contains(cur.active, c) {
+				if !still[c] {
 					stale[c] = true
 				}
 			}

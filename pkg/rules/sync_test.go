@@ -175,11 +175,11 @@ func (c *randomCluster) endpoints(id int) []model.Endpoint {
 // syncs, with and without batching, and checks after every step that the tables are
 // exactly those a full sync of the same snapshot gives on a fresh node.
 func TestIncrementalSyncsEqualFullSyncs(t *testing.T) {
-	for _, maxChains := range []int{0, 3, 25} {
+	for _, limit := range []struct{ chains, rules int }{{0, 0}, {3, 0}, {25, 0}, {25, 6}} {
 		for seed := int64(1); seed <= 8; seed++ {
-			t.Run(fmt.Sprintf("batch%d/seed%d", maxChains, seed), func(t *testing.T) {
+			t.Run(fmt.Sprintf("batch%d-%d/seed%d", limit.chains, limit.rules, seed), func(t *testing.T) {
 				opts := defaultOptions()
-				opts.MaxChainsPerBatch = maxChains
+				opts.MaxChainsPerBatch, opts.MaxRulesPerBatch = limit.chains, limit.rules
 				c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
 				c.step(20)
 				tables, rs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: c.snapshot(), Node: testNode}, opts, nil)
@@ -210,9 +210,13 @@ func TestIncrementalSyncsEqualFullSyncs(t *testing.T) {
 // traces a packet to every service after each batch: each must behave exactly as before
 // the sync or exactly as after it, never in between.
 func TestBatchedSyncNeverShowsHalfAService(t *testing.T) {
-	for seed := int64(1); seed <= 10; seed++ {
+	for seed := int64(1); seed <= 20; seed++ {
 		opts := defaultOptions()
 		opts.MaxChainsPerBatch = 4
+		if seed > 10 {
+			// A rules budget cuts where the chains budget would not.
+			opts.MaxChainsPerBatch, opts.MaxRulesPerBatch = 50, 5
+		}
 		c := &randomCluster{rnd: rand.New(rand.NewSource(seed)), ports: map[model.ServicePortName]*model.ServicePort{}, eps: map[model.ServicePortName][]model.Endpoint{}}
 		c.step(30)
 		oldSnap := c.snapshot()
@@ -287,5 +291,65 @@ func TestRenderIsDeterministic(t *testing.T) {
 		if !bytes.Equal(a.Payload(), b.Payload()) {
 			t.Fatalf("render %d differs:\n%s", i, rulestest.Diff(string(a.Payload()), string(b.Payload())))
 		}
+	}
+}
+
+// TestLargeServicesChangingTogether: four services of 100 endpoints each lose one
+// endpoint and gain another in one incremental sync, as under endpoint churn. The sync
+// writes each service's KUBE-SVC chain and its one new KUBE-SEP chain, not the 99 it
+// already has; with a rules budget the services' chains go in batches of at most that
+// many rules; and the tables end as a full sync leaves them.
+func TestLargeServicesChangingTogether(t *testing.T) {
+	build := func(gen byte) *snapshotBuilder {
+		b := newSnapshot()
+		for s := range 4 {
+			var eps []string
+			for e := range 100 {
+				eps = append(eps, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(s), 0, byte(e + 1)}), 8080).String())
+			}
+			eps[0] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(s), 1, gen}), 8080).String()
+			b.svc("ns", fmt.Sprintf("big%d", s), "http", tcp, fmt.Sprintf("172.30.0.%d", s+1), 80, 0, eps...)
+		}
+		return b
+	}
+	opts := defaultOptions()
+	opts.MaxChainsPerBatch, opts.MaxRulesPerBatch = 500, 250
+	tables, rs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: build(1).snap, Node: testNode}, opts, nil)
+
+	snap := build(2).snap
+	changed := map[types.NamespacedName]bool{}
+	for name := range snap.Services {
+		changed[name.NamespacedName] = true
+	}
+	tables, rs = apply(t, tables, rules.Request{Snapshot: snap, Node: testNode, Previous: rs.State, Partial: true, Changed: changed}, opts, nil)
+
+	var sepRules, ownBatches int
+	for _, b := range rs.Batches {
+		text := b.Bytes()
+		sepRules += bytes.Count(text, []byte("\n-A KUBE-SEP-"))
+		own := bytes.Count(text, []byte("\n-A KUBE-SVC-")) + bytes.Count(text, []byte("\n-A KUBE-SEP-"))
+		if own > 250 {
+			t.Errorf("a batch writes %d rules into the services' chains, over the budget of 250", own)
+		}
+		if own > 0 {
+			ownBatches++
+		}
+	}
+	if sepRules != 8 {
+		t.Errorf("the sync writes %d rules into KUBE-SEP chains, want 8 (the 2 of one new endpoint a service)", sepRules)
+	}
+	// 101 rules a KUBE-SVC chain and 2 the new KUBE-SEP chain: two services a batch.
+	if ownBatches != 2 {
+		t.Errorf("the services' chains went in %d batches, want 2", ownBatches)
+	}
+	if rs.DeletedNATChains != 4 {
+		t.Errorf("deleted %d chains, want the 4 KUBE-SEP chains of the endpoints gone", rs.DeletedNATChains)
+	}
+	want, wrs := apply(t, ruleset.NewTables(), rules.Request{Snapshot: snap, Node: testNode}, opts, nil)
+	if tables.Dump() != want.Dump() {
+		t.Fatalf("incremental tables differ from a full sync:\n%s", rulestest.Diff(want.Dump(), tables.Dump()))
+	}
+	if rs.NATRules != wrs.NATRules {
+		t.Errorf("nat rules %d, full sync %d", rs.NATRules, wrs.NATRules)
 	}
 }
