@@ -6,6 +6,7 @@
 # the one-rule floor, and network programming latency under churn. One markdown table per
 # backend on stdout and in OUT/report.md, every sample in OUT/report.json, the daemons'
 # logs in OUT/<size>/ (OUT: -out, default _output/bench-daemon). Needs root.
+# hack/plot-daemon.sh OUT.png OUT/report.json... plots the N x 5 sizes of one or more runs.
 #
 # Usage: hack/bench-daemon.sh [-smoke] [hack/bench/daemon flags; -h lists them]
 #   -smoke                       CI smoke: 200x5, one partial sync of each kind, 5 s of

@@ -30,6 +30,7 @@ if [ "$(id -u)" -eq 0 ]; then
   # The daemon benchmark's smoke run (kproxy and upstream, 200 x 5, both backends, seconds
   # of churn), so that the tier cannot rot; make bench-daemon measures for real.
   hack/bench-daemon.sh -smoke -out _output/bench-daemon-smoke
+  hack/plot-daemon.sh _output/bench-daemon-smoke/plot.png _output/bench-daemon-smoke/report.json
   # The image operators run, built without a Docker engine, and checked as a runtime sees it.
   hack/image.sh
   hack/image-test.sh

@@ -216,7 +216,8 @@ func (b *bench) churn(ctx context.Context, p *proxyProcess) *churnResult {
 		res.Syncs = after[metricSync].Count - before[metricSync].Count
 	}
 	if cpu1, err := p.usage(); err == nil {
-		res.CPU = measure.ProcCPU{Self: cpu1.CPU.Self - cpu0.CPU.Self, Children: cpu1.CPU.Children - cpu0.CPU.Children}
+		res.CPU = measure.ProcCPU{Self: cpu1.CPU.Self - cpu0.CPU.Self, Children: cpu1.CPU.Children - cpu0.CPU.Children,
+			ChildrenSys: cpu1.CPU.ChildrenSys - cpu0.CPU.ChildrenSys}
 	}
 	if watchErr == nil && ctx.Err() != nil {
 		watchErr = ctx.Err()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -74,7 +75,7 @@ func (r *report) writeMarkdown(w io.Writer) {
 	r.writeGrowth(w)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "- start: from the daemon's process start until nat KUBE-SERVICES jumps to the last service's chain, seen from outside (legacy: the nat table read from the kernel with IPT_SO_GET_ENTRIES; nft: the chains listed over netlink, then `iptables-nft -S KUBE-SERVICES`), polled every 100 ms or twice the look's own time.")
-	fmt.Fprintln(w, "- full sync: the daemon's own `kubeproxy_sync_full_proxy_rules_duration_seconds` (sum of its first sync). bare restore: `iptables-<backend>-restore -w 5` of the `iptables-save` output the daemon left (all tables), into fresh namespaces, median.")
+	fmt.Fprintln(w, "- full sync: the daemon's own `kubeproxy_sync_full_proxy_rules_duration_seconds` (sum of its first sync). bare restore: `iptables-<backend>-restore -w 5` of the `iptables-save` output the daemon left (all tables), into fresh namespaces, median. iptables binaries' CPU: utime and stime of the children the daemon waited for through its first sync (on an empty node, nearly all of it the restore), beside the median bare restore's.")
 	fmt.Fprintln(w, "- peak RSS: VmHWM once the rules were visible; steady RSS: VmRSS after the settle time; CPU: utime+stime of the daemon and of the iptables binaries it waited for, from its start until settled.")
 	fmt.Fprintln(w, "- partial syncs: once the daemon is quiet (no sync for 1.5 s plus twice its partial syncs' mean so far), one API change; the daemon's own `kubeproxy_sync_partial_proxy_rules_duration_seconds` for the sync that followed, and in brackets the time from the API write until the change was in the kernel (endpoint: its new KUBE-SEP chain; service: the jump from KUBE-SERVICES there or gone). Medians.")
 	fmt.Fprintln(w, "- one-rule floor: a restore of one new chain with one rule (`--noflush`) into a namespace holding the ruleset: the least any partial sync can cost there.")
@@ -170,6 +171,7 @@ func rows(timeout, settle time.Duration) []row {
 		{"full sync (own metric)", func(r *runResult) string { return fullSync(r, timeout) }},
 		{"bare restore of the ruleset left", func(r *runResult) string { return measure.FmtMedian(r.Bare, timeout) }},
 		{"full sync / bare", ratio},
+		{"iptables binaries' CPU, user + sys: first sync / bare restore", restoreCPU},
 		{"ruleset left (iptables-save)", func(r *runResult) string {
 			if r.RulesetBytes == 0 {
 				return "—"
@@ -244,6 +246,24 @@ func fullSync(r *runResult, timeout time.Duration) string {
 	}
 	// A failed first sync is retried in full: the mean hides which was which.
 	return fmt.Sprintf("%s (mean of %d)", measure.FmtSeconds(r.FullSync.mean()), r.FullSync.Count)
+}
+
+// restoreCPU sets the CPU the daemon's iptables binaries took through its first sync
+// (its restore, and on an empty node little else) beside the bare restore's (the median
+// run's): the same work, so a first sync that took longer than the bare restore for as
+// much CPU waited for a core, and one that took more CPU did the work slower.
+func restoreCPU(r *runResult) string {
+	c := r.FirstSync.CPU
+	if c.Children == 0 || len(r.BareCPU) == 0 {
+		return "—"
+	}
+	bare := slices.Clone(r.BareCPU)
+	slices.SortFunc(bare, func(a, b measure.CPUTimes) int {
+		return cmp.Compare(a.BinariesUser+a.BinariesSys, b.BinariesUser+b.BinariesSys)
+	})
+	m := bare[len(bare)/2]
+	return fmt.Sprintf("%s + %s / %s + %s", measure.FmtSeconds(c.Children-c.ChildrenSys), measure.FmtSeconds(c.ChildrenSys),
+		measure.FmtSeconds(m.BinariesUser), measure.FmtSeconds(m.BinariesSys))
 }
 
 func ratio(r *runResult) string {

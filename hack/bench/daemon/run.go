@@ -216,17 +216,21 @@ type runResult struct {
 	// FullSync is the daemon's own full-sync histogram once the rules were visible.
 	FullSync histogram `json:"fullSync"`
 	// AfterSync is the daemon's usage once the rules were visible (its peak through the
-	// first sync), Settled after cfg.Settle more, End just before it was stopped.
+	// first sync), FirstSync once it had observed that sync (so its children's CPU holds
+	// the first sync's iptables binaries, reaped by then), Settled after cfg.Settle more,
+	// End just before it was stopped.
 	AfterSync usage `json:"afterSync"`
+	FirstSync usage `json:"firstSync"`
 	Settled   usage `json:"settled"`
 	End       usage `json:"end"`
 	// RulesetBytes and RulesetLines are the size of iptables-save's output once settled.
 	RulesetBytes int `json:"rulesetBytes"`
 	RulesetLines int `json:"rulesetLines"`
-	// Bare are restores of that output into fresh namespaces; Floor restores of one new
-	// chain with one rule into the first of them.
-	Bare  []measure.Timing `json:"bare"`
-	Floor []measure.Timing `json:"floor"`
+	// Bare are restores of that output into fresh namespaces, BareCPU their CPU times;
+	// Floor restores of one new chain with one rule into the first of them.
+	Bare    []measure.Timing   `json:"bare"`
+	BareCPU []measure.CPUTimes `json:"bareCPU"`
+	Floor   []measure.Timing   `json:"floor"`
 	// Partials by kind (partialKinds).
 	Partials map[string][]partialSample `json:"partials"`
 	Churn    *churnResult               `json:"churn,omitempty"`
@@ -303,6 +307,9 @@ func (b *bench) measure(ctx context.Context, proxy string, backend iptables.Back
 		errs = append(errs, fmt.Errorf("reading the full sync: %w", err))
 	}
 	r.FullSync = sc[metricFullSync]
+	if r.FirstSync, err = p.usage(); err != nil {
+		errs = append(errs, err)
+	}
 
 	// 2. Settle, read the steady state and keep the ruleset for the bare restores.
 	if err := sleep(ctx, b.cfg.Settle); err != nil {
@@ -398,8 +405,9 @@ func (b *bench) measure(ctx context.Context, proxy string, backend iptables.Back
 			if err := netnstest.Do(ns, ensureCounters); err != nil {
 				return err
 			}
-			m, _ := measure.Restore(ctx, ns, backend, f, bound)
+			m, cpu := measure.Restore(ctx, ns, backend, f, bound)
 			r.Bare = append(r.Bare, m)
+			r.BareCPU = append(r.BareCPU, cpu)
 			if run == 0 && m.OK() {
 				r.Floor = measure.RestoreFloor(ctx, ns, backend, max(3, b.cfg.Reps), bound)
 			}

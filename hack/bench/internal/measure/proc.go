@@ -42,10 +42,11 @@ func ProcStatusKiB(pid int, field string) (int64, error) {
 
 // ProcCPU is a process's CPU time from /proc/PID/stat, in seconds: its own (utime and
 // stime) and that of the children it waited for (cutime and cstime; for a proxy, the
-// iptables binaries it ran).
+// iptables binaries it ran). ChildrenSys is the part of Children spent in the kernel.
 type ProcCPU struct {
-	Self     float64 `json:"self"`
-	Children float64 `json:"children"`
+	Self        float64 `json:"self"`
+	Children    float64 `json:"children"`
+	ChildrenSys float64 `json:"childrenSys"`
 }
 
 // ReadProcCPU reads pid's CPU times.
@@ -68,7 +69,7 @@ func ReadProcCPU(pid int) (ProcCPU, error) {
 		n, _ := strconv.ParseFloat(s, 64)
 		return n / userHZ
 	}
-	return ProcCPU{Self: tick(f[11]) + tick(f[12]), Children: tick(f[13]) + tick(f[14])}, nil
+	return ProcCPU{Self: tick(f[11]) + tick(f[12]), Children: tick(f[13]) + tick(f[14]), ChildrenSys: tick(f[14])}, nil
 }
 
 // InOwnGroup makes cmd the leader of a new process group, so that KillGroup can end it
